@@ -1,0 +1,62 @@
+"""`instructlake <stage>|pipeline|sql` — also the entry point under spark-submit (deploy/submit.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from instructlake.jobs.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    from instructlake.jobs.runs import STAGES
+
+    p = argparse.ArgumentParser(prog="instructlake", description=__doc__)
+    p.add_argument("command", choices=[*STAGES, "pipeline", "sql"], help="a stage, the whole pipeline, or sql")
+    p.add_argument("query", nargs="?", help="for sql: the query; tables are views named as in tables.names")
+    p.add_argument("--conf", action="append", default=[], help="override file(s) on top of conf/default.yaml")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="sql output format")
+    p.add_argument("--max-rows", type=int, default=40, help="sql: rows shown in table format")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        conf = load_config(args.conf, args.sets)
+    except ConfigError as e:
+        print(f"instructlake: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=conf.run.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "sql":
+        if not args.query:
+            print("instructlake sql: give a query, e.g. instructlake sql 'SELECT count(*) FROM prompts_raw'", file=sys.stderr)
+            return 2
+        from instructlake.jobs.sql import print_query
+
+        return print_query(conf, args.query, fmt=args.format, max_rows=args.max_rows)
+
+    from instructlake.jobs.runs import Context, run_stage
+
+    ctx = Context.create(conf)
+    stages = conf.pipeline.stages if args.command == "pipeline" else [args.command]
+    logging.getLogger("instructlake").info("run %s: stages %s, delta backend %s", ctx.run_id, stages, ctx.store.backend)
+    results = [run_stage(ctx, s) for s in stages]
+    summary = {
+        "run_id": ctx.run_id,
+        "delta_backend": ctx.store.backend,
+        "stages": [
+            {"stage": r.stage, "rows_in": r.rows_in, "rows_out": r.rows_out, "rows_rejected": r.rows_rejected}
+            for r in results
+        ],
+        "tables": {t: ctx.store.location(t) for r in results for t in r.tables},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Typed configuration: conf/default.yaml, then override files, then `--set key=value`.
+
+Every knob has its default in conf/default.yaml (the models below declare types, not defaults, so the
+YAML is the one place a default lives). Loading validates the merged tree and reports a bad or unknown
+key by its dotted path and the file (or `--set`) that supplied it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+if not (CONF_DIR / "default.yaml").exists():  # installed non-editable: conf ships beside the package
+    CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_FILE = CONF_DIR / "default.yaml"
+
+SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|private_?key|credential)", re.I)
+REDACTED = "***REDACTED***"
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, always naming the key and where it came from."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConf(_Section):
+    lake_root: str
+    run_id: str | None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    work_dir: str
+
+
+class SparkConf(_Section):
+    mode: Literal["local", "cluster", "databricks"]
+    master: str
+    app_name: str
+    shuffle_partitions: int = Field(ge=1)
+    driver_memory: str
+    fast_jvm_start: bool
+    conf: dict[str, str]
+    executor_env: dict[str, str]
+
+
+class DeltaConf(_Section):
+    backend: Literal["auto", "spark", "rs"]
+    jars: list[str]
+    commit_retries: int = Field(ge=0)
+    storage_options: dict[str, str]
+
+
+class TablesConf(_Section):
+    catalog: str | None
+    schema_: str | None = Field(alias="schema")
+    names: dict[str, str]
+
+
+class InputConf(_Section):
+    path: str
+    format: Literal["auto", "jsonl", "json", "parquet"] = "auto"
+    layout: Literal["auto", "lmsys", "wildchat", "plain"] = "auto"
+    source: str | None = None
+
+
+class IngestConf(_Section):
+    inputs: list[InputConf] = Field(min_length=1)
+    turns: Literal["first", "all"]
+    partitions: int = Field(ge=0)
+
+
+class PipelineConf(_Section):
+    stages: list[str]
+
+
+class Config(_Section):
+    run: RunConf
+    spark: SparkConf
+    delta: DeltaConf
+    tables: TablesConf
+    secrets: dict[str, str | None]
+    ingest: IngestConf
+    pipeline: PipelineConf
+
+    @field_validator("pipeline")
+    @classmethod
+    def _known_stages(cls, v: PipelineConf) -> PipelineConf:
+        from instructlake.jobs.runs import STAGES
+
+        unknown = [s for s in v.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
+        return v
+
+    def snapshot(self) -> dict[str, Any]:
+        """The config as plain data with every secret-looking value redacted (safe for logs and tables)."""
+        return redact(self.model_dump(by_alias=True))
+
+
+def redact(tree: Any, secret: bool = False) -> Any:
+    """Replace every value under a secret-looking key (or under `secrets:`) with a marker."""
+    if isinstance(tree, dict):
+        return {k: redact(v, secret or k == "secrets" or bool(SECRET_KEY.search(str(k)))) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact(v, secret) for v in tree]
+    return REDACTED if secret and tree not in (None, "") else tree
+
+
+def secret_values(conf: "Config") -> list[str]:
+    """Every configured value that `redact` would hide (so free text such as errors can be scrubbed)."""
+    found: list[str] = []
+
+    def walk(tree: Any, secret: bool) -> None:
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                walk(v, secret or k == "secrets" or bool(SECRET_KEY.search(str(k))))
+        elif isinstance(tree, list):
+            for v in tree:
+                walk(v, secret)
+        elif secret and isinstance(tree, str) and len(tree) >= 4:
+            found.append(tree)
+
+    walk(conf.model_dump(by_alias=True), False)
+    return found
+
+
+def scrub(text: str, conf: "Config") -> str:
+    for value in sorted(secret_values(conf), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def _interpolate_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _interpolate_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_env(v) for v in value]
+    return value
+
+
+def _merge(base: dict, override: dict, origin: str, provenance: dict[str, str], prefix: str = "") -> dict:
+    """Deep-merge `override` into `base`; dicts merge, everything else (lists included) replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and value:
+            out[key] = _merge(out[key], value, origin, provenance, path + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+            for stale in [p for p in provenance if p.startswith(path + ".")]:
+                del provenance[stale]
+            _record(value, origin, provenance, path)
+    return out
+
+
+def _record(value: Any, origin: str, provenance: dict[str, str], path: str) -> None:
+    provenance[path] = origin
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record(v, origin, provenance, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _record(v, origin, provenance, f"{path}.{i}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], yaml-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def load_config(files: list[str | Path] | None = None, sets: list[str] | None = None) -> Config:
+    """default.yaml <- each file in `files` <- each `--set` item, validated."""
+    provenance: dict[str, str] = {}
+    tree = _merge({}, _read_yaml(DEFAULT_FILE), str(DEFAULT_FILE), provenance)
+    for f in files or []:
+        path = Path(f)
+        tree = _merge(tree, _read_yaml(path), str(path), provenance)
+    for item in sets or []:
+        parts, value = parse_set(item)
+        nested: Any = value
+        for p in reversed(parts):
+            nested = {p: nested}
+        tree = _merge(tree, nested, f"--set {item.split('=', 1)[0]}", provenance)
+    try:
+        return Config.model_validate(_interpolate_env(tree))
+    except ValidationError as e:
+        raise ConfigError(_explain(e, provenance)) from None
+
+
+def _explain(error: ValidationError, provenance: dict[str, str]) -> str:
+    lines = ["invalid configuration:"]
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        origin = next(
+            (provenance[".".join(loc[:i])] for i in range(len(loc), 0, -1) if ".".join(loc[:i]) in provenance),
+            "defaults (missing from every file)",
+        )
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "missing":
+            msg = f"required key missing (add it to {DEFAULT_FILE.name})"
+        lines.append(f"  {key}: {msg} (from {origin})")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""What every stage run shares: the context it runs in, its result, and its row in the `runs` table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import secrets
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from instructlake.jobs.config import Config, scrub
+from instructlake.jobs.session import build_session, choose_backend
+from instructlake.jobs.store import TableStore
+
+log = logging.getLogger(__name__)
+
+# Stage name -> module with `run(ctx) -> StageResult`, in pipeline order; imported only when run.
+STAGES: dict[str, str] = {
+    "ingest": "instructlake.jobs.ingest",
+}
+
+
+def new_run_id() -> str:
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Context:
+    """A SparkSession, the validated config, the table store and the run id, passed to every stage."""
+
+    spark: SparkSession
+    conf: Config
+    store: TableStore
+    run_id: str
+
+    @classmethod
+    def create(cls, conf: Config, spark: SparkSession | None = None) -> "Context":
+        spark = spark or build_session(conf)
+        store = TableStore(spark, conf, choose_backend(spark, conf))
+        return cls(spark=spark, conf=conf, store=store, run_id=conf.run.run_id or new_run_id())
+
+
+@dataclass
+class StageResult:
+    stage: str
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+
+
+def run_stage(ctx: Context, stage: str) -> StageResult:
+    """Run one stage and record it in `runs`: 'running' first, then 'succeeded' with its counts or
+    'failed' with the error (secrets scrubbed). The exception still propagates."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known: {list(STAGES)}")
+    module = importlib.import_module(STAGES[stage])
+    started = utcnow()
+    record = {
+        "run_id": ctx.run_id,
+        "stage": stage,
+        "config": json.dumps(ctx.conf.snapshot(), sort_keys=True, default=str),
+        "started_at": started,
+        "created_at": started,
+    }
+    ctx.store.write_rows([{**record, "status": "running"}], "runs", run_id=ctx.run_id, stage=stage)
+    log.info("stage %s: run %s started", stage, ctx.run_id)
+    try:
+        result: StageResult = module.run(ctx)
+    except BaseException as exc:
+        error = scrub("".join(traceback.format_exception_only(type(exc), exc)).strip(), ctx.conf)
+        ctx.store.write_rows(
+            [{**record, "status": "failed", "error": error[:8000], "finished_at": utcnow()}],
+            "runs",
+            run_id=ctx.run_id,
+            stage=stage,
+        )
+        raise
+    ctx.store.write_rows(
+        [
+            {
+                **record,
+                "status": "succeeded",
+                "rows_in": result.rows_in,
+                "rows_out": result.rows_out,
+                "rows_rejected": result.rows_rejected,
+                "stats": json.dumps(result.stats, sort_keys=True, default=str),
+                "finished_at": utcnow(),
+            }
+        ],
+        "runs",
+        run_id=ctx.run_id,
+        stage=stage,
+    )
+    log.info(
+        "stage %s: in=%d out=%d rejected=%d (%.1fs)",
+        stage,
+        result.rows_in,
+        result.rows_out,
+        result.rows_rejected,
+        (utcnow() - started).total_seconds(),
+    )
+    return result

