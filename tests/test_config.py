@@ -1,0 +1,101 @@
+import json
+
+import pytest
+
+from instructlake.jobs.config import REDACTED, ConfigError, load_config, redact, scrub
+
+from .conftest import REPO
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_load_and_validate():
+    conf = load_config()
+    assert conf.spark.mode == "local"
+    assert conf.ingest.turns == "first"
+    assert conf.tables.names["prompts_raw"] == "prompts_raw"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = write(tmp_path, "bad.yaml", "spark:\n  mastr: local[1]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([bad])
+    assert "spark.mastr: unknown key" in str(e.value)
+    assert str(bad) in str(e.value)
+
+
+def test_bad_value_names_key_and_file(tmp_path):
+    bad = write(tmp_path, "bad.yaml", "ingest:\n  turns: some\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([bad])
+    assert "ingest.turns" in str(e.value) and str(bad) in str(e.value)
+
+
+def test_bad_nested_list_item_names_file(tmp_path):
+    bad = write(tmp_path, "bad.yaml", "ingest:\n  inputs:\n    - path: x.jsonl\n      format: xml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([bad])
+    assert "ingest.inputs.0.format" in str(e.value) and str(bad) in str(e.value)
+
+
+def test_set_overrides_with_yaml_types_and_later_wins(tmp_path):
+    f = write(tmp_path, "o.yaml", "spark:\n  shuffle_partitions: 3\n")
+    conf = load_config([f], ["spark.shuffle_partitions=7", "ingest.turns=all", "pipeline.stages=[ingest]"])
+    assert conf.spark.shuffle_partitions == 7
+    assert conf.ingest.turns == "all"
+    assert load_config([f]).spark.shuffle_partitions == 3
+
+
+def test_set_errors_name_the_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"spark.shuffle_partitions: .*\(from --set spark.shuffle_partitions\)"):
+        load_config([], ["spark.shuffle_partitions=zero"])
+    with pytest.raises(ConfigError, match=r"spark.nope: unknown key \(from --set spark.nope\)"):
+        load_config([], ["spark.nope=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config([], ["spark.master"])
+
+
+def test_unknown_stage_rejected():
+    with pytest.raises(ConfigError, match="unknown stage"):
+        load_config([], ["pipeline.stages=[ingest, teleport]"])
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "nope.yaml"])
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config([write(tmp_path, "x.yaml", "spark: [unclosed\n")])
+
+
+def test_env_interpolation(monkeypatch):
+    monkeypatch.setenv("IL_TEST_ROOT", "/data/lake")
+    conf = load_config([], ["run.lake_root=${env:IL_TEST_ROOT}", "run.work_dir=${env:IL_UNSET_VAR:-fallback}"])
+    assert conf.run.lake_root == "/data/lake"
+    assert conf.run.work_dir == "fallback"
+
+
+def test_snapshot_redacts_secrets(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_supersecretvalue123")
+    conf = load_config(
+        [],
+        ['delta.storage_options={"AWS_SECRET_ACCESS_KEY": "aws-secret-xyz", "AWS_REGION": "eu-west-1"}'],
+    )
+    assert conf.secrets["hf_token"] == "hf_supersecretvalue123"  # usable by the code...
+    text = json.dumps(conf.snapshot())
+    assert "hf_supersecretvalue123" not in text and "aws-secret-xyz" not in text  # ...never stored
+    assert conf.snapshot()["delta"]["storage_options"]["AWS_REGION"] == "eu-west-1"
+    assert scrub("failed with token hf_supersecretvalue123", conf) == f"failed with token {REDACTED}"
+
+
+def test_redact_keeps_structure():
+    tree = {"a": {"api_key": "k", "n": 1}, "secrets": {"x": "y", "empty": None}, "lst": [{"password": "p"}]}
+    assert redact(tree) == {"a": {"api_key": REDACTED, "n": 1}, "secrets": {"x": REDACTED, "empty": None}, "lst": [{"password": REDACTED}]}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "conf").glob("*.yaml")))
+def test_every_shipped_conf_file_validates(name):
+    load_config([REPO / "conf" / name])
