@@ -54,6 +54,28 @@ SCHEMAS: dict[str, T.StructType] = {
         stage STRING, reason STRING, detail STRING, text STRING, raw STRING, input_file STRING, record_index BIGINT,
         run_id STRING, created_at TIMESTAMP"""
     ),
+    "prompts": ddl(
+        """prompt_id STRING NOT NULL, text STRING, lang STRING, lang_score FLOAT, lang2 STRING, lang2_score FLOAT,
+        source_lang STRING, n_chars INT, dup_count INT, cluster_id STRING, cluster_size INT,
+        sources ARRAY<STRING>, source_ids ARRAY<STRING>, template_id STRING, flags ARRAY<STRING>,
+        moderation_flagged BOOLEAN, redacted BOOLEAN, run_id STRING, created_at TIMESTAMP"""
+    ),
+    "translations": ddl(
+        """prompt_id STRING NOT NULL, target_lang STRING NOT NULL, model STRING NOT NULL, translated_prompt_id STRING,
+        source_lang STRING, source_text STRING, text STRING, finish_reason STRING, prompt_tokens INT,
+        completion_tokens INT, gen_config_id STRING, run_id STRING, created_at TIMESTAMP"""
+    ),
+    "responses": ddl(
+        """response_id STRING NOT NULL, prompt_id STRING NOT NULL, origin_prompt_id STRING, task STRING, lang STRING,
+        model STRING, gen_config_id STRING, sample_index INT, n INT, temperature DOUBLE, top_p DOUBLE,
+        max_tokens INT, seed BIGINT, system_prompt STRING, prompt_text STRING, text STRING, finish_reason STRING,
+        prompt_tokens INT, completion_tokens INT, latency_s DOUBLE, engine STRING, engine_version STRING,
+        run_id STRING, created_at TIMESTAMP"""
+    ),
+    "generation_errors": ddl(
+        """prompt_id STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING NOT NULL, task STRING NOT NULL,
+        error_class STRING, message STRING, attempt INT, run_id STRING, created_at TIMESTAMP"""
+    ),
     "runs": ddl(
         """run_id STRING NOT NULL, stage STRING NOT NULL, status STRING, config STRING,
         rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, stats STRING,
@@ -64,5 +86,9 @@ SCHEMAS: dict[str, T.StructType] = {
 KEYS: dict[str, tuple[str, ...]] = {
     "prompts_raw": ("source", "source_id", "turn"),
     "prompts_rejected": ("source", "source_id", "turn"),
+    "prompts": ("prompt_id",),
+    "translations": ("prompt_id", "target_lang", "model"),
+    "responses": ("response_id",),
+    "generation_errors": ("prompt_id", "model", "gen_config_id", "task"),
     "runs": ("run_id", "stage"),
 }
