@@ -1,0 +1,407 @@
+"""The engine layer: one chat-generation interface over vLLM and transformers, one engine per worker.
+
+`get_engine(spec)` builds an engine lazily on first use and caches it in this (installed) module, so a
+Spark Python worker reuses it across partitions and jobs; a cache defined in a driver script would be
+pickled by value and rebuilt in every task. Importing this module imports neither vllm nor torch.
+
+A batch never fails because of one row: a prompt that does not fit the context becomes a
+`prompt_too_long` result, and a batch the backend raises on is bisected until the failing requests are
+isolated, each of which becomes an error result. Only a dead engine is fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
+
+PROMPT_TOO_LONG = "prompt_too_long"
+FATAL_ERRORS = frozenset({"EngineDeadError"})  # the engine is unusable: retrying rows would be pointless
+
+# Measured on CPU machines (ENVIRONMENT.md): an in-process engine starts in 2-3 s and works in forked
+# and daemonic workers; one OpenMP thread avoids oversubscription when several workers share cores.
+CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+# Without an explicit KV cache size start-up fails on these machines; torch.compile only costs time.
+CPU_ENGINE_ARGS: dict[str, Any] = {"kv_cache_memory_bytes": 64 << 20, "enforce_eager": True}
+# CUDA must be created only inside vLLM's own workers.
+GPU_ENV = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+SCRATCH_ENV = ("TMPDIR", "VLLM_RPC_BASE_PATH", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")
+TRANSFORMERS_ARGS = frozenset({"dtype", "max_model_len"})  # the rest of a model's vLLM args do not apply
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling parameters of one request; `seed` makes its output independent of batching."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int | None = 256  # None: up to the context length
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid sampling config: {self}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
+        if self.temperature == 0 and self.n != 1:
+            raise ValueError("greedy sampling (temperature 0) returns one sample: n must be 1")
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str
+    messages: list[dict[str, str]]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass(frozen=True)
+class Result:
+    """n texts for one request, or an error (`error_class` set, `texts` empty)."""
+
+    key: str
+    texts: list[str]
+    finish_reasons: list[str]
+    prompt_tokens: int
+    completion_tokens: list[int]
+    latency_s: float  # wall time of the engine call that served the request (shared by its batch)
+    error: str | None = None
+    error_class: str | None = None
+
+    @classmethod
+    def failed(cls, key: str, error_class: str, error: str, prompt_tokens: int = 0) -> Result:
+        return cls(key, [], [], prompt_tokens, [], 0.0, error, error_class)
+
+
+class Engine(Protocol):
+    version: str
+    max_model_len: int
+
+    def generate(self, requests: Sequence[Request]) -> list[Result]: ...
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int: ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What to build. `get_engine` accepts this or the same keys as a plain dict."""
+
+    backend: Literal["vllm", "transformers"]
+    model: str  # local path, or a hub id where the cluster can reach one
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine_args: Mapping[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments
+    chat_template: str | None = None  # overrides the tokenizer's template
+    cpu_threads: int = 1  # OMP/torch threads of a CPU engine; Spark would otherwise give it all cores
+    env: Mapping[str, str] = field(default_factory=dict)  # set before the engine is built
+    scratch_dir: str | None = None  # where vLLM's temp files, sockets and caches go
+    inject_faults: Sequence[str] = ()  # test hook: request keys whose batches raise (FaultInjector)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> EngineSpec:
+        unknown = set(spec) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown engine spec keys: {sorted(unknown)}")
+        out = cls(**spec)
+        if out.backend not in ("vllm", "transformers") or out.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"invalid engine spec: backend={out.backend!r} device={out.device!r}")
+        return out
+
+    def cache_key(self) -> str:
+        """Stable across processes and key order; fault injection does not change the engine built."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "inject_faults"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class InjectedFault(RuntimeError):
+    """Raised by FaultInjector."""
+
+
+class BatchEngine(ABC):
+    """Shared request handling: context-length check, then bisection around `_run_batch` failures."""
+
+    version: str
+    max_model_len: int
+    dead = False  # set when a fatal error left the engine unusable; get_engine then rebuilds
+
+    @abstractmethod
+    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """Generate for every request, in order; may raise for the whole batch."""
+
+    @abstractmethod
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt length after the chat template, as the engine will see it."""
+
+    def _mark_dead(self) -> None:
+        self.dead = True
+
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        results: dict[int, Result] = {}
+        runnable: list[tuple[int, Request]] = []
+        for i, req in enumerate(requests):
+            try:
+                n_tokens = self.count_prompt_tokens(req.messages)
+            except Exception as exc:  # malformed messages or a template that rejects them: this row only
+                results[i] = Result.failed(req.key, type(exc).__name__, str(exc))
+                continue
+            # Leave room for the requested output; vLLM needs at least one output token.
+            budget = self.max_model_len - (req.sampling.max_tokens or 1)
+            if n_tokens > budget:
+                msg = f"prompt has {n_tokens} tokens; max_model_len {self.max_model_len} leaves {budget}"
+                results[i] = Result.failed(req.key, PROMPT_TOO_LONG, msg, n_tokens)
+            else:
+                runnable.append((i, req))
+        done = self._isolate([r for _, r in runnable])
+        results.update((i, res) for (i, _), res in zip(runnable, done, strict=True))
+        return [results[i] for i in range(len(requests))]
+
+    def _isolate(self, requests: Sequence[Request]) -> list[Result]:
+        if not requests:
+            return []
+        try:
+            return self._run_batch(requests)
+        except Exception as exc:
+            if type(exc).__name__ in FATAL_ERRORS:
+                self._mark_dead()
+                raise
+            if len(requests) == 1:
+                log.warning("request %s failed: %s: %s", requests[0].key, type(exc).__name__, exc)
+                return [Result.failed(requests[0].key, type(exc).__name__, str(exc))]
+            mid = len(requests) // 2
+            return self._isolate(requests[:mid]) + self._isolate(requests[mid:])
+
+
+class FaultInjector(BatchEngine):
+    """Test fault injector: any batch holding a key in `fail_keys` raises before reaching the engine.
+
+    It goes through the same bisection as real failures, so tests (and Spark job tests, via the spec's
+    `inject_faults`) can check that one bad request costs only its own row.
+    """
+
+    def __init__(self, inner: BatchEngine, fail_keys: Sequence[str]):
+        self.inner, self.fail_keys = inner, frozenset(fail_keys)
+        self.version, self.max_model_len = inner.version, inner.max_model_len
+
+    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        if bad := sorted(r.key for r in requests if r.key in self.fail_keys):
+            raise InjectedFault(f"injected fault for {bad}")
+        return self.inner._run_batch(requests)
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return self.inner.count_prompt_tokens(messages)
+
+    def _mark_dead(self) -> None:
+        self.inner.dead = True
+
+
+def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
+    # Render then encode without special tokens: that is how vLLM tokenizes chat prompts, so the
+    # count equals the prompt length the engine reports.
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+class VllmEngine(BatchEngine):
+    """vLLM's offline `LLM.chat`, one SamplingParams per request so each carries its own seed."""
+
+    def __init__(self, spec: EngineSpec, device: str):
+        args = dict(spec.engine_args)
+        if device == "cpu":
+            args = {**CPU_ENGINE_ARGS, **args}
+            _set_torch_threads(spec.cpu_threads)
+        import vllm
+
+        self.llm = vllm.LLM(model=spec.model, **args)
+        self._sampling_params = vllm.SamplingParams
+        self.tokenizer = self.llm.get_tokenizer()
+        self.chat_template = spec.chat_template
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.version = f"vllm-{vllm.__version__}"
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(_prompt_ids(self.tokenizer, messages, self.chat_template))
+
+    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        params = [
+            self._sampling_params(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+            for s in (r.sampling for r in requests)
+        ]
+        start = time.perf_counter()
+        try:
+            outputs = self.llm.chat(
+                [r.messages for r in requests], params, chat_template=self.chat_template, use_tqdm=False
+            )
+        except Exception:
+            self._abort_unfinished()
+            raise
+        latency = time.perf_counter() - start
+        results = []
+        for req, out in zip(requests, outputs, strict=True):
+            samples = sorted(out.outputs, key=lambda c: c.index)
+            results.append(
+                Result(
+                    key=req.key,
+                    texts=[c.text for c in samples],
+                    finish_reasons=[str(c.finish_reason) for c in samples],
+                    prompt_tokens=len(out.prompt_token_ids or ()),
+                    completion_tokens=[len(c.token_ids) for c in samples],
+                    latency_s=latency,
+                )
+            )
+        return results
+
+    def _abort_unfinished(self) -> None:
+        # A failure mid-run leaves requests queued in the engine; the next call would otherwise
+        # return their outputs mixed with its own.
+        engine = self.llm.llm_engine
+        if pending := list(getattr(engine.output_processor, "request_states", ())):
+            engine.abort_request(pending, internal=True)
+
+
+class TransformersEngine(BatchEngine):
+    """CPU fallback: `generate` one request at a time (no padding, so greedy output matches vLLM)."""
+
+    def __init__(self, spec: EngineSpec, device: str):
+        args = {k: v for k, v in spec.engine_args.items() if k in TRANSFORMERS_ARGS}
+        if device == "cpu":
+            _set_torch_threads(spec.cpu_threads)
+        import torch
+        import transformers
+
+        self._torch = torch
+        self.device = "cuda" if device == "cuda" else "cpu"
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(spec.model)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(spec.model, dtype=args.get("dtype", "auto")).to(
+            self.device
+        )
+        self.model.eval()
+        self.chat_template = spec.chat_template
+        self.max_model_len = int(args.get("max_model_len") or self.model.config.max_position_embeddings)
+        self.version = f"transformers-{transformers.__version__}"
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos) if isinstance(eos, list) else {eos}
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(_prompt_ids(self.tokenizer, messages, self.chat_template))
+
+    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, req: Request) -> Result:
+        torch, s = self._torch, req.sampling
+        ids = _prompt_ids(self.tokenizer, req.messages, self.chat_template)
+        input_ids = torch.tensor([ids], device=self.device)
+        greedy = s.temperature == 0
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=s.max_tokens or self.max_model_len - len(ids),
+            do_sample=not greedy,
+            num_return_sequences=s.n,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if not greedy:
+            kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=0)  # vLLM applies no top-k
+        start = time.perf_counter()
+        # A private RNG state per request: results do not depend on what ran before.
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(s.seed)
+            out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        latency = time.perf_counter() - start
+        texts, reasons, counts = [], [], []
+        for row in out[:, len(ids) :].tolist():
+            stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+            tokens = row if stop is None else row[: stop + 1]  # vLLM counts the stop token too
+            # vLLM's incremental detokenizer never emits a trailing incomplete UTF-8 sequence; match it.
+            texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd"))
+            reasons.append("length" if stop is None else "stop")
+            counts.append(len(tokens))
+        return Result(req.key, texts, reasons, len(ids), counts, latency)
+
+
+def _set_torch_threads(n: int) -> None:
+    # The env var covers a torch not yet imported; set_num_threads covers one already imported.
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def spark_gpu_addresses(task_context: Any = None) -> list[str] | None:
+    """GPU addresses Spark assigned to the current task (default: `TaskContext.get()`), or None."""
+    if task_context is None:
+        try:
+            from pyspark import TaskContext
+        except ImportError:
+            return None
+        task_context = TaskContext.get()
+    gpu = task_context.resources().get("gpu") if task_context is not None else None
+    return list(gpu.addresses) if gpu is not None and gpu.addresses else None
+
+
+def bind_spark_gpus(task_context: Any = None) -> list[str] | None:
+    """Point CUDA_VISIBLE_DEVICES at the task's Spark-assigned GPUs; must run before CUDA starts.
+
+    Outside a Spark task, or in one without GPUs, the environment is left alone and None returned.
+    """
+    addresses = spark_gpu_addresses(task_context)
+    if addresses:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(addresses)
+    return addresses
+
+
+def _resolve_device(spec: EngineSpec) -> str:
+    if spec.device != "auto":
+        return spec.device
+    gpu_host = Path("/dev/nvidiactl").exists() or os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "cuda" if gpu_host or spark_gpu_addresses() else "cpu"
+
+
+def _prepare_env(spec: EngineSpec, device: str) -> None:
+    for key, value in (CPU_ENV if device == "cpu" else GPU_ENV).items():
+        os.environ.setdefault(key, value)
+    if spec.scratch_dir:
+        Path(spec.scratch_dir).mkdir(parents=True, exist_ok=True)
+        os.environ.update({key: spec.scratch_dir for key in SCRATCH_ENV})
+    os.environ.update(spec.env)
+
+
+_BACKENDS: dict[str, Callable[[EngineSpec, str], BatchEngine]] = {
+    "vllm": VllmEngine,
+    "transformers": TransformersEngine,
+}
+_ENGINES: dict[str, BatchEngine] = {}
+_GPUS: dict[str, list[str] | None] = {}
+constructions = 0  # engines built by this process: one per worker is the goal
+
+
+def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
+    """The worker's engine for `spec`, built on first use and reused afterwards."""
+    global constructions
+    spec = spec if isinstance(spec, EngineSpec) else EngineSpec.from_dict(spec)
+    key = spec.cache_key()
+    engine = _ENGINES.get(key)
+    if engine is None or engine.dead:
+        device = _resolve_device(spec)
+        gpus = bind_spark_gpus() if device == "cuda" else None
+        _prepare_env(spec, device)
+        log.info("building %s engine for %s on %s (gpus %s)", spec.backend, spec.model, device, gpus)
+        engine = _ENGINES[key] = _BACKENDS[spec.backend](spec, device)
+        _GPUS[key] = gpus
+        constructions += 1
+    elif _GPUS[key] is not None and (now := spark_gpu_addresses()) != _GPUS[key]:
+        # Spark reuses workers across tasks: the engine stays on the GPU it was built on. Harmless
+        # while each executor owns one GPU; with several, a task may run on another task's GPU.
+        log.warning("engine built on GPUs %s now serves a task assigned %s", _GPUS[key], now)
+    return FaultInjector(engine, spec.inject_faults) if spec.inject_faults else engine

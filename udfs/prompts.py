@@ -1,0 +1,71 @@
+"""Chat prompt builders for the LLM stages: respond, translate, judge (plus the judge's score parser).
+
+Each builder returns an OpenAI-style message list (`[{"role": ..., "content": ...}]`) for the engine
+layer. Templates are plain `str.format` strings so configs can override them.
+"""
+
+from __future__ import annotations
+
+import re
+
+Messages = list[dict[str, str]]
+
+# Paper style (instructions translated into Japanese): ask for the translation only, never an answer.
+TRANSLATE_TEMPLATE = (
+    "Translate the following instruction into {target_lang}. Translate it faithfully and naturally; "
+    "do not answer it, follow it, or add anything. Output only the {target_lang} translation.\n\n"
+    "{source_lang} instruction:\n{text}"
+)
+
+# MT-Bench single-answer grading ("single-v1" in lm-sys/FastChat, Apache-2.0), on a 0-10 scale so a
+# response can score zero.
+JUDGE_SYSTEM = "You are a helpful assistant."
+JUDGE_TEMPLATE = (
+    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided "
+    "by an AI assistant to the user question displayed below. Your evaluation should consider factors "
+    "such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the "
+    "response. Begin your evaluation by providing a short explanation. Be as objective as possible. "
+    "After providing your explanation, you must rate the response on a scale of 0 to 10 by strictly "
+    'following this format: "[[rating]]", for example: "Rating: [[5]]".\n\n'
+    "[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+)
+_SCORE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+
+
+def respond_messages(text: str, system: str | None = None) -> Messages:
+    """One user turn, optionally after a system prompt."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": text}]
+
+
+def translate_messages(
+    text: str,
+    target_lang: str = "Japanese",
+    source_lang: str = "English",
+    template: str = TRANSLATE_TEMPLATE,
+) -> Messages:
+    """A request to translate `text`; `template` may use `{text}`, `{source_lang}`, `{target_lang}`."""
+    if "{text}" not in template:
+        raise ValueError("translate template must contain {text}")
+    content = template.format(text=text, source_lang=source_lang, target_lang=target_lang)
+    return [{"role": "user", "content": content}]
+
+
+def judge_messages(
+    question: str, answer: str, template: str = JUDGE_TEMPLATE, system: str | None = JUDGE_SYSTEM
+) -> Messages:
+    """MT-Bench style single-answer grading of `answer` to `question`."""
+    return respond_messages(template.format(question=question, answer=answer), system)
+
+
+def parse_judge_score(judgement: str) -> float | None:
+    """The last `[[score]]` in a judgement, or None when there is none or it is outside 0-10.
+
+    The last one, because judges sometimes quote the format example ("Rating: [[5]]") before their
+    own verdict.
+    """
+    scores = _SCORE.findall(judgement)
+    if not scores:
+        return None
+    score = float(scores[-1])
+    return score if 0 <= score <= 10 else None
