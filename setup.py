@@ -23,6 +23,7 @@ BASE = [
     "transformers>=4.56",
     "tokenizers>=0.21",
     "safetensors>=0.4",
+    "matplotlib>=3.8",
 ]
 
 setup(

@@ -78,6 +78,21 @@ class IngestConf(_Section):
     partitions: int = Field(ge=0)
 
 
+class ExportConf(_Section):
+    path: str
+    format: Literal["jsonl", "parquet"]
+    select: Literal["all", "first_ok"]
+    drop_truncated: bool
+    tasks: list[str]
+    include_system_prompt: bool
+    files_per_lang: int = Field(ge=1)
+
+
+class ReportConf(_Section):
+    path: str
+    top_n: int = Field(ge=1)
+
+
 class PipelineConf(_Section):
     stages: list[str]
 
@@ -89,6 +104,8 @@ class Config(_Section):
     tables: TablesConf
     secrets: dict[str, str | None]
     ingest: IngestConf
+    export: ExportConf
+    report: ReportConf
     pipeline: PipelineConf
 
     @field_validator("pipeline")

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # Stage name -> module with `run(ctx) -> StageResult`, in pipeline order; imported only when run.
 STAGES: dict[str, str] = {
     "ingest": "instructlake.jobs.ingest",
+    "export": "instructlake.jobs.export",
+    "report": "instructlake.jobs.report",
 }
 
 
