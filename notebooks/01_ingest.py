@@ -1,0 +1,22 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # 01 · Ingest
+# MAGIC Raw conversations and prompt files -> `prompts_raw` (kept) and `prompts_rejected` (malformed, empty, duplicate keys).
+# MAGIC
+# MAGIC Widgets: `conf` (config files on top of the packaged conf/default.yaml, relative to this notebook),
+# MAGIC `sets` (`key=value` overrides, as `--set` on the CLI), `run_id` (empty: a fresh one; the job passes
+# MAGIC one per job run so all stages share it).
+
+# COMMAND ----------
+
+import json
+
+from instructlake.jobs.notebook import run_stage_from_widgets
+
+summary = run_stage_from_widgets(spark, dbutils, "ingest")
+
+# COMMAND ----------
+
+display(spark.createDataFrame([{k: summary[k] for k in ("run_id", "stage", "rows_in", "rows_out", "rows_rejected")}]))
+print(json.dumps(summary["stats"], indent=2, default=str))
+dbutils.notebook.exit(json.dumps(summary, default=str))
