@@ -92,6 +92,19 @@ class RsTable:
 
         return self._retry(commit, app_id)
 
+    def delete(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None) -> bool:
+        """Delete the rows whose `keys` appear in `data` (a MERGE whose only clause deletes matches)."""
+        from deltalake import CommitProperties, Transaction
+
+        data = data.select(list(keys)).cast(pa.schema([self.schema.field(k) for k in keys]))
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
+
+        def commit() -> None:
+            self._table().merge(data, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props).when_matched_delete().execute()
+
+        return self._retry(commit, app_id)
+
     def _retry(self, commit, app_id: str | None) -> bool:
         from deltalake.exceptions import CommitFailedError
 
@@ -109,8 +122,9 @@ class RsTable:
         raise AssertionError("unreachable")
 
 
-def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] | None):
-    """mapInArrow body: each task commits its rows once (append, or merge when keys are given)."""
+def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] | None, delete: bool = False):
+    """mapInArrow body: each task commits its rows once (append, or merge when keys are given, or a
+    delete of those keys with `delete`)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -122,7 +136,10 @@ def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] |
         if rows:
             data = pa.Table.from_batches(batches)
             app_id = f"{app_prefix}/{pid}"
-            done = target.merge(data, keys, app_id) if keys else target.append(data, app_id)
+            if delete:
+                done = target.delete(data, keys, app_id)
+            else:
+                done = target.merge(data, keys, app_id) if keys else target.append(data, app_id)
             skipped = not done
         yield pa.RecordBatch.from_pylist(
             [{"partition": pid, "rows": 0 if skipped else rows, "skipped": skipped}],
@@ -159,7 +176,8 @@ class TableStore:
     def location(self, name: str) -> str:
         return table_location(self.conf, name)
 
-    def _rs(self, name: str) -> RsTable:
+    def rs_table(self, name: str) -> RsTable:
+        """The picklable delta-rs handle of a table, for executors that commit their own chunks (rs backend)."""
         return RsTable(
             uri=self.location(name),
             schema=arrow_schema(SCHEMAS[name]),
@@ -209,7 +227,7 @@ class TableStore:
             version = self._delta_table(name).history(1).select("version").first()[0]
             reader = self.spark.read.format("delta").option("versionAsOf", version)
             return reader.table(loc) if self.conf.tables.catalog else reader.load(loc)
-        uris = self._rs(name)._table().file_uris()
+        uris = self.rs_table(name)._table().file_uris()
         if not uris:
             return self.spark.createDataFrame([], SCHEMAS[name])
         return self.spark.read.schema(SCHEMAS[name]).parquet(*uris)
@@ -217,7 +235,7 @@ class TableStore:
     def version(self, name: str) -> int:
         self.create(name)
         if self.backend == "rs":
-            return self._rs(name)._table().version()
+            return self.rs_table(name)._table().version()
         return self._delta_table(name).history(1).select("version").first()[0]
 
     def history(self, name: str) -> list[dict[str, Any]]:
@@ -226,7 +244,7 @@ class TableStore:
         if self.backend == "rs":
             return [
                 {"version": h.get("version"), "timestamp": h.get("timestamp"), "operation": h.get("operation"), "parameters": h.get("operationParameters")}
-                for h in self._rs(name)._table().history()
+                for h in self.rs_table(name)._table().history()
             ]
         rows = self._delta_table(name).history().select("version", "timestamp", "operation", "operationParameters").collect()
         return [{"version": r[0], "timestamp": r[1], "operation": r[2], "parameters": r[3]} for r in rows]
@@ -245,7 +263,7 @@ class TableStore:
             writer.saveAsTable(loc) if self.conf.tables.catalog else writer.save(loc)
             last = self._delta_table(name).history(1).select("version", "operationMetrics").first()
             return int((last[1] or {}).get("numOutputRows", 0)) if last[0] != before else 0
-        results = df.mapInArrow(_commit_partitions(self._rs(name), app, None), _RESULT_SCHEMA).collect()
+        results = df.mapInArrow(_commit_partitions(self.rs_table(name), app, None), _RESULT_SCHEMA).collect()
         return sum(r["rows"] for r in results)
 
     def merge(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
@@ -278,13 +296,34 @@ class TableStore:
         # Few partitions: each is one delta-rs MERGE commit, and concurrent MERGEs retry on conflict.
         df = df.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *keys)
         app = f"{self.physical(name)}:{stage}:{run_id}:update"
-        df.mapInArrow(_commit_partitions(self._rs(name), app, keys), _RESULT_SCHEMA).collect()
+        df.mapInArrow(_commit_partitions(self.rs_table(name), app, keys), _RESULT_SCHEMA).collect()
+
+    def delete(self, keys: DataFrame, name: str, *, run_id: str, stage: str) -> int:
+        """Delete the rows whose keys appear in `keys` (a DataFrame with at least the table's key columns).
+        Returns the rows deleted; commits nothing when none match."""
+        self.create(name)
+        k = list(KEYS[name])
+        doomed = self.read(name).select(*k).join(keys.select(*k).distinct(), k, "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            n = doomed.count()
+            if not n:
+                return 0
+            if self.backend == "spark":
+                cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in k)
+                self._delta_table(name).alias("t").merge(doomed.alias("s"), cond).whenMatchedDelete().execute()
+            else:
+                parts = doomed.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
+                app = f"{self.physical(name)}:{stage}:{run_id}:delete"
+                parts.mapInArrow(_commit_partitions(self.rs_table(name), app, tuple(k), delete=True), _RESULT_SCHEMA).collect()
+            return n
+        finally:
+            doomed.unpersist()
 
     def write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
         """Upsert a few driver-side rows (run records): no Spark job on the rs backend."""
         self.create(name)
         if self.backend == "rs":
-            self._rs(name).merge(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name])
+            self.rs_table(name).merge(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name])
             return
         self._merge_rows(self.spark.createDataFrame(rows, SCHEMAS[name]), name, run_id=run_id, stage=stage)
 

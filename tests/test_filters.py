@@ -94,7 +94,7 @@ PII_POSITIVE = {
         "client = Client(api_key='a8f5f167f44f4964e6c998dee827110c')",
         'db_password: "Tr0ub4dorXtraLongPass9"',
     ],
-    "name_placeholder": ["Hi, I am NAME_1 and this is NAME_2.", "Write a poem for NAME_12"],
+    "name_placeholder": ["Hi, I am NAME_1 and this is NAME_2.", "Write a poem for NAME_12", "NAME_1さんへの手紙を書いて"],
 }
 
 PII_NEGATIVE = {

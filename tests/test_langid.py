@@ -28,7 +28,7 @@ def test_accuracy_on_lingua_sentences(lingua: pd.DataFrame) -> None:
 
 
 def test_undetermined_under_threshold(lingua: pd.DataFrame) -> None:
-    texts = pd.Series(["12345 678", "int main() { return 0; }", "", None, "   \n "])
+    texts = pd.Series(["12345 678", "asdf qwer zxcv", "", None, "   \n "])
     out = langid.detect(texts, threshold=0.3)
     assert out["lang"].tolist() == ["und"] * 5
     assert out["lang_score"].iloc[:2].gt(0).all() and out["lang_score"].iloc[2:].eq(0).all()
@@ -44,13 +44,14 @@ def test_all_caps_text_is_lowercased(lingua: pd.DataFrame) -> None:
     with_lower = langid.detect(shouted, threshold=0.0).lang.eq(latin["fasttext_label"]).mean()
     without = langid.detect(shouted, threshold=0.0, lower_caps=False).lang.eq(latin["fasttext_label"]).mean()
     assert with_lower >= 0.95 and without < 0.7
-    assert langid.preprocess("WHAT IS THE CAPITAL OF FRANCE?") == "what is the capital of france?"
-    assert langid.preprocess("SOLVE THIS IN C++ : there are three cards") == "SOLVE THIS IN C++ : there are three cards"
+    assert langid.preprocess("WHAT IS THE CAPITAL OF FRANCE?") == "what is the capital of france"
+    assert langid.preprocess("SOLVE THIS IN C++ : there are three cards") == "SOLVE THIS IN C++ there are three cards"
     assert langid.preprocess("Use HTML and CSS") == "Use HTML and CSS"
 
 
 def test_preprocess_one_line_and_truncation() -> None:
     assert langid.preprocess("  first line\nsecond\r\n\tthird  ") == "first line second third"
+    assert langid.preprocess("Is Pluto a planet?「冥王星」、本当？") == "Is Pluto a planet 冥王星 本当"
     assert langid.preprocess("word " * 1000, max_chars=20) == "word word word word "
 
 

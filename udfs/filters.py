@@ -65,7 +65,9 @@ def moderation_reason(flagged: pd.Series) -> pd.Series:
     return _reason(_flags(flagged), "moderation", flagged.index)
 
 
-_NAME_PLACEHOLDER = re.compile(r"\bNAME_\d+\b")  # LMSYS-Chat-1M replaces person names with NAME_1, NAME_2, ...
+# LMSYS-Chat-1M replaces person names with NAME_1, NAME_2, ...; in Japanese and Chinese text the
+# placeholder runs straight into the next word (NAME_1さん), so no \b after it.
+_NAME_PLACEHOLDER = re.compile(r"(?<![A-Za-z0-9_])NAME_\d+(?!\d)")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}\b")
 # International (+CC ...) or North-American shaped numbers only: bare digit runs are ids, years, amounts.
 _PHONE = re.compile(
@@ -139,9 +141,27 @@ _DETECTORS: dict[str, Callable[[str], bool]] = {
 }
 
 
+# Necessary conditions, checked first because they are far cheaper than the detectors: most prompts have
+# no '@', no digit, no two colons, no 'NAME_', so most detectors never run. (text, has_digit) -> bool.
+_DIGIT = re.compile(r"\d")
+_GUARDS: dict[str, Callable[[str, bool], bool]] = {
+    "email": lambda t, digit: "@" in t,
+    "phone": lambda t, digit: digit,
+    "ipv4": lambda t, digit: digit and "." in t,
+    "ipv6": lambda t, digit: t.count(":") >= 2,
+    "credit_card": lambda t, digit: digit,
+    # the generic `name = value` form needs ':' or '='; every vendor pattern starts with one of these
+    "secret": lambda t, digit: (
+        ":" in t or "=" in t or "_" in t or "sk-" in t or "AKIA" in t or "ASIA" in t or "xox" in t or "AIza" in t or "eyJ" in t
+    ),
+    "name_placeholder": lambda t, digit: "NAME_" in t,
+}
+
+
 def find_pii(text: str) -> list[str]:
     """The PII kinds detected in one text, in `PII_KINDS` order (`redacted` is a source flag, not detected)."""
-    return [kind for kind, found in _DETECTORS.items() if found(text)]
+    digit = _DIGIT.search(text) is not None
+    return [kind for kind, found in _DETECTORS.items() if _GUARDS[kind](text, digit) and found(text)]
 
 
 def pii_kinds(text: pd.Series, redacted: pd.Series | None = None) -> pd.Series:
