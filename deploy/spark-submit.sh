@@ -100,7 +100,9 @@ command="$1"
 shift
 
 # conf/cluster.yaml sets the same GPU settings when the session starts (and wins there); they are given
-# here too so they hold from the first moment of the application.
+# here too so they hold from the first moment of the application. No default task GPU amount: the engine
+# tasks of translate/generate ask for their GPUs through a stage-level ResourceProfile (generate.gpu),
+# which Spark supports with dynamic allocation off on standalone, YARN and Kubernetes.
 export PYSPARK_PYTHON="$INSTRUCTLAKE_CLUSTER_PYTHON" PYSPARK_DRIVER_PYTHON INSTRUCTLAKE_CLUSTER_PYTHON
 run "$SPARK_SUBMIT" \
   --master "$SPARK_MASTER" \
@@ -110,7 +112,6 @@ run "$SPARK_SUBMIT" \
   --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
   --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
   --conf spark.executor.resource.gpu.amount=1 \
-  --conf spark.task.resource.gpu.amount=1 \
   --conf spark.executor.resource.gpu.discoveryScript=./getGpusResources.sh \
   --conf spark.python.worker.reuse=true \
   --conf "spark.executorEnv.PYSPARK_PYTHON=$INSTRUCTLAKE_CLUSTER_PYTHON" \

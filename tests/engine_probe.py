@@ -5,6 +5,11 @@ this script in a subprocess instead of building engines inside pytest. One vLLM 
 transformers engine serve every scenario.
 
     python tests/engine_probe.py MODEL_DIR SCRATCH_DIR OUT_JSON [--bench]
+    python tests/engine_probe.py MODEL_DIR SCRATCH_DIR OUT_JSON --direct REQUESTS_JSON
+
+--direct bypasses the engine layer: a plain `vllm.LLM(...)` and one `LLM.chat` call over the requests in
+REQUESTS_JSON ({"engine_args": {...}, "requests": [{"messages", "n", "temperature", "top_p", "max_tokens",
+"seed"}]}), the reference that responses generated through Spark are compared with.
 """
 
 from __future__ import annotations
@@ -98,6 +103,22 @@ def probe(model: str, scratch: str) -> dict:
     out["flaky"] = dump(vllm_engine.generate(greedy))
     del core.step
 
+    # A batch whose prefills exceed one step's token budget: with chunked prefill (vLLM's default),
+    # seeded requests crash vLLM 0.32 on CPU ("CPU Generator does not use offset"); vllm_args turns it off.
+    big = [
+        E.Request(f"b{i}", respond_messages(f"{i} " + "the " * 190), E.SamplingConfig(temperature=1.0, max_tokens=8, seed=i))
+        for i in range(64)
+    ]
+    try:
+        out["big_batch"] = {"ok": sum(not r.error_class for r in vllm_engine._run_batch(big)), "error": None}
+    except Exception as exc:  # recorded, so the test shows the error rather than a probe crash
+        out["big_batch"] = {"ok": 0, "error": f"{type(exc).__name__}: {exc}"}
+    out["big_batch_tokens"] = sum(vllm_engine.count_prompt_tokens(r.messages) for r in big)
+    out["scheduler"] = {
+        "chunked_prefill": vllm_engine.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill,
+        "max_num_batched_tokens": vllm_engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens,
+    }
+
     faulty = E.get_engine(spec(model, scratch, inject_faults=["s2", "s5"]))
     out["faulty"] = dump(faulty.generate(sampled))
     for _ in range(3):
@@ -143,8 +164,32 @@ def bench(model: str, scratch: str) -> dict:
     return out
 
 
+def direct(model: str, scratch: str, requests_json: str) -> list[list[str]]:
+    """Texts of each request's samples from one plain LLM.chat call (no instructlake code involved)."""
+    import os
+
+    os.environ.update({k: scratch for k in E.SCRATCH_ENV})
+    os.environ.update(E.CPU_ENV)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from vllm import LLM, SamplingParams
+
+    with open(requests_json, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    llm = LLM(model=model, **E.vllm_args(spec["engine_args"], "cpu"))
+    reqs = spec["requests"]
+    params = [
+        SamplingParams(n=r["n"], temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"], seed=r["seed"])
+        for r in reqs
+    ]
+    outputs = llm.chat([r["messages"] for r in reqs], params, use_tqdm=False)
+    return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
+
+
 if __name__ == "__main__":
     model_dir, scratch_dir, out_json = sys.argv[1:4]
-    result = bench(model_dir, scratch_dir) if "--bench" in sys.argv[4:] else probe(model_dir, scratch_dir)
+    if "--direct" in sys.argv[4:]:
+        result = direct(model_dir, scratch_dir, sys.argv[sys.argv.index("--direct") + 1])
+    else:
+        result = bench(model_dir, scratch_dir) if "--bench" in sys.argv[4:] else probe(model_dir, scratch_dir)
     with open(out_json, "w", encoding="utf-8") as fh:
         json.dump(result, fh, ensure_ascii=False, indent=1)

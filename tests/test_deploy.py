@@ -85,7 +85,8 @@ def test_cluster_conf_gpu_settings_and_environment(clean_env):
     conf = load_config([REPO / "conf" / "cluster.yaml"])
     assert conf.run.lake_root.startswith("s3a://")
     assert conf.spark.conf["spark.executor.resource.gpu.amount"] == "1"
-    assert conf.spark.conf["spark.task.resource.gpu.amount"] == "1"
+    assert "spark.task.resource.gpu.amount" not in conf.spark.conf  # engine tasks ask via their ResourceProfile
+    assert conf.generate.gpu.enabled and conf.translate.gpu.enabled
     script = conf.spark.conf["spark.executor.resource.gpu.discoveryScript"]
     assert (DEPLOY / Path(script).name).is_file()  # shipped under that name by spark-submit.sh and the image
     assert conf.spark.executor_env["PYSPARK_PYTHON"] == "/opt/instructlake/venv/bin/python"  # the image's
@@ -306,7 +307,7 @@ def test_spark_submit_command(submitted):
     assert s3a == f"org.apache.hadoop:hadoop-aws:{_hadoop_version()}"
     assert confs["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert confs["spark.sql.catalog.spark_catalog"] == "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-    assert confs["spark.executor.resource.gpu.amount"] == confs["spark.task.resource.gpu.amount"] == "1"
+    assert confs["spark.executor.resource.gpu.amount"] == "1" and "spark.task.resource.gpu.amount" not in confs
     assert confs["spark.executor.resource.gpu.discoveryScript"] == "./getGpusResources.sh"
     assert confs["spark.python.worker.reuse"] == "true"
     assert _option(args, "--files") == "deploy/getGpusResources.sh"

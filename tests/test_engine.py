@@ -96,6 +96,22 @@ def test_transient_engine_failure_loses_no_row(probe: dict) -> None:
     assert _texts(probe["flaky"]) == _texts(probe["greedy_vllm"])  # bisection re-ran the halves
 
 
+def test_large_seeded_batch_runs_in_one_call_on_cpu(probe: dict) -> None:
+    assert probe["big_batch"] == {"ok": 64, "error": None}
+    assert probe["scheduler"] == {"chunked_prefill": False, "max_num_batched_tokens": E.CPU_MIN_BATCHED_TOKENS}
+    assert probe["big_batch_tokens"] > E.CPU_MIN_BATCHED_TOKENS  # more than one step's prefill budget
+
+
+def test_vllm_args_add_cpu_settings_only_on_cpu() -> None:
+    args = {"max_model_len": 16384, "dtype": "float32"}
+    cpu = E.vllm_args(args, "cpu")
+    assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == 16384
+    assert cpu["kv_cache_memory_bytes"] == 64 << 20 and cpu["enforce_eager"] and cpu["dtype"] == "float32"
+    assert E.vllm_args(args, "cuda") == args
+    assert E.vllm_args({**args, "enable_chunked_prefill": True}, "cpu")["enable_chunked_prefill"] is True
+    assert "enable_chunked_prefill" not in E.vllm_args({}, "cpu")  # context unknown: left to vLLM
+
+
 def test_one_engine_per_spec_and_worker(probe: dict) -> None:
     assert probe["vllm_constructions"] == 1  # four get_engine calls, one with fault injection
     assert probe["constructions"] == 2  # plus the transformers engine
@@ -222,3 +238,24 @@ def test_bind_spark_gpus_maps_task_gpus_to_cuda_visible_devices(monkeypatch: pyt
     assert E.bind_spark_gpus(gpus) == ["2", "3"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert E.spark_gpu_addresses() is None  # not inside a Spark task
+
+
+def test_gpu_lock_makes_a_second_engine_wait_for_the_first_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU needed: the lock is about processes. A holder keeps GPU "0" for 3 s and exits; a process
+    that may wait 30 s gets it then, one that may wait 0.5 s fails naming the holder."""
+    take = (
+        "import sys, time; from instructlake.udfs import engine as E\n"
+        "E.lock_gpus(['0'], sys.argv[1], wait_s=float(sys.argv[2])); print('locked', flush=True)\n"
+        "time.sleep(float(sys.argv[3]))\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", take, str(tmp_path), "0", "3"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    impatient = subprocess.run([sys.executable, "-c", take, str(tmp_path), "0.5", "0"], capture_output=True, text=True)
+    assert impatient.returncode != 0 and f"held by the engine of process {holder.pid}" in impatient.stderr
+    patient = subprocess.run([sys.executable, "-c", take, str(tmp_path), "30", "0"], capture_output=True, text=True)
+    assert patient.returncode == 0 and patient.stdout.strip() == "locked"
+    assert holder.wait(timeout=30) == 0
+    monkeypatch.setattr(E, "_GPU_LOCKS", {})
+    E.lock_gpus(["1"], tmp_path, wait_s=0)  # another GPU: free; taken again by the same process: a no-op
+    E.lock_gpus(["1"], tmp_path, wait_s=0)
+    E._GPU_LOCKS.pop("1").close()

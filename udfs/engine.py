@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ FATAL_ERRORS = frozenset({"EngineDeadError"})  # the engine is unusable: retryin
 CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 # Without an explicit KV cache size start-up fails on these machines; torch.compile only costs time.
 CPU_ENGINE_ARGS: dict[str, Any] = {"kv_cache_memory_bytes": 64 << 20, "enforce_eager": True}
+CPU_MIN_BATCHED_TOKENS = 8192  # per-step token budget of a CPU engine without chunked prefill (see vllm_args)
 # CUDA must be created only inside vLLM's own workers.
 GPU_ENV = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 SCRATCH_ENV = ("TMPDIR", "VLLM_RPC_BASE_PATH", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")
@@ -211,13 +213,30 @@ def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]], chat_template: s
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def vllm_args(engine_args: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """`vllm.LLM` keyword arguments: the configured ones, plus what a CPU engine needs (unless set).
+
+    On CPU, chunked prefill is turned off: vLLM 0.32 rolls a seeded request's generator back when it
+    discards the token sampled after a partial prefill, and CPU generators cannot do that
+    (`RuntimeError: CPU Generator does not use offset`), so a large batch of seeded requests with
+    chunked prefill crashes the engine. Without chunking every prompt must fit one step's token budget.
+    """
+    args = dict(engine_args)
+    if device != "cpu":
+        return args
+    extra = dict(CPU_ENGINE_ARGS)
+    if "enable_chunked_prefill" not in args and args.get("max_model_len"):
+        extra["enable_chunked_prefill"] = False
+        extra["max_num_batched_tokens"] = max(int(args["max_model_len"]), CPU_MIN_BATCHED_TOKENS)
+    return {**extra, **args}
+
+
 class VllmEngine(BatchEngine):
     """vLLM's offline `LLM.chat`, one SamplingParams per request so each carries its own seed."""
 
     def __init__(self, spec: EngineSpec, device: str):
-        args = dict(spec.engine_args)
+        args = vllm_args(spec.engine_args, device)
         if device == "cpu":
-            args = {**CPU_ENGINE_ARGS, **args}
             _set_torch_threads(spec.cpu_threads)
         import vllm
 
@@ -377,6 +396,57 @@ def _prepare_env(spec: EngineSpec, device: str) -> None:
     os.environ.update(spec.env)
 
 
+GPU_LOCK_WAIT_S = 300.0  # INSTRUCTLAKE_GPU_LOCK_WAIT_S overrides
+_GPU_LOCKS: dict[str, Any] = {}  # GPU address -> its lock file, held while this process lives
+
+
+def lock_gpus(addresses: Sequence[str], lock_dir: str | Path, wait_s: float | None = None) -> None:
+    """One engine per GPU and node: an exclusive lock per GPU address, held for this process's life.
+
+    Spark hands a task any idle Python worker of its executor, so a later engine task can land in a
+    worker other than the one whose engine holds the GPU; a second engine there would run out of GPU
+    memory. With the lock it waits instead: Spark stops Python workers that sat idle for a minute, and
+    the kernel drops a dead holder's lock (and the GPU its memory). After `wait_s` it fails, naming the
+    holder. Lock files live in `lock_dir` (node-local scratch) and carry the host name, so a shared
+    directory does not confuse GPU 0 of one node with GPU 0 of another.
+    """
+    import fcntl
+    import socket
+
+    wait_s = float(os.environ.get("INSTRUCTLAKE_GPU_LOCK_WAIT_S", GPU_LOCK_WAIT_S)) if wait_s is None else wait_s
+    host = socket.gethostname()
+    for address in sorted(addresses):
+        if address in _GPU_LOCKS:
+            continue
+        path = Path(lock_dir) / f"gpu-{host}-{address}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+", encoding="utf-8")  # stays open: the lock lives as long as the file
+        deadline = time.monotonic() + wait_s
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                if time.monotonic() >= deadline:
+                    fh.close()
+                    raise RuntimeError(
+                        f"GPU {address} on {host} is held by the engine of process {holder} for over {wait_s:.0f}s: "
+                        "one engine per GPU; run one engine task per GPU slot (generate.tasks)"
+                    ) from None
+                if not warned:
+                    log.warning("GPU %s is held by the engine of process %s; waiting for it", address, holder)
+                    warned = True
+                time.sleep(1.0)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        _GPU_LOCKS[address] = fh
+
+
 _BACKENDS: dict[str, Callable[[EngineSpec, str], BatchEngine]] = {
     "vllm": VllmEngine,
     "transformers": TransformersEngine,
@@ -384,6 +454,7 @@ _BACKENDS: dict[str, Callable[[EngineSpec, str], BatchEngine]] = {
 _ENGINES: dict[str, BatchEngine] = {}
 _GPUS: dict[str, list[str] | None] = {}
 constructions = 0  # engines built by this process: one per worker is the goal
+build_counts: dict[str, int] = {}  # engines built by this process per spec cache key (jobs report these)
 
 
 def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
@@ -395,11 +466,14 @@ def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
     if engine is None or engine.dead:
         device = _resolve_device(spec)
         gpus = bind_spark_gpus() if device == "cuda" else None
+        if gpus:
+            lock_gpus(gpus, spec.scratch_dir or tempfile.gettempdir())
         _prepare_env(spec, device)
         log.info("building %s engine for %s on %s (gpus %s)", spec.backend, spec.model, device, gpus)
         engine = _ENGINES[key] = _BACKENDS[spec.backend](spec, device)
         _GPUS[key] = gpus
         constructions += 1
+        build_counts[key] = build_counts.get(key, 0) + 1
     elif _GPUS[key] is not None and (now := spark_gpu_addresses()) != _GPUS[key]:
         # Spark reuses workers across tasks: the engine stays on the GPU it was built on. Harmless
         # while each executor owns one GPU; with several, a task may run on another task's GPU.

@@ -29,7 +29,21 @@ JUDGE_TEMPLATE = (
     'following this format: "[[rating]]", for example: "Rating: [[5]]".\n\n'
     "[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
 )
+# Language codes (as langid and the prompt tables store them) -> names the translate prompt uses.
+LANG_NAMES = {
+    "en": "English", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "de": "German", "fr": "French",
+    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "hi": "Hindi",
+    "nl": "Dutch", "pl": "Polish", "tr": "Turkish", "vi": "Vietnamese", "th": "Thai", "id": "Indonesian",
+    "sv": "Swedish", "uk": "Ukrainian", "cs": "Czech", "fi": "Finnish", "he": "Hebrew", "el": "Greek",
+}  # fmt: skip
 _SCORE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+
+
+def lang_name(code: str | None) -> str:
+    """'ja' -> 'Japanese'; an unknown or empty code is returned as is (or 'the source language')."""
+    if not code or code == "und":
+        return "the source language"
+    return LANG_NAMES.get(code.split("-")[0].lower(), code)
 
 
 def respond_messages(text: str, system: str | None = None) -> Messages:

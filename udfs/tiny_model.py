@@ -98,6 +98,11 @@ def _is_built(out: Path, digest: str) -> bool:
     return marker.get("recipe_hash") == digest and all((out / f).is_file() for f in files)
 
 
+def is_built(out_dir: str | Path, seed: int = 0, corpus_files: Sequence[str | Path] = ()) -> bool:
+    """True when `out_dir` already holds this recipe's build (cheap: no torch, no transformers)."""
+    return _is_built(Path(out_dir), recipe_hash(_corpus([Path(p) for p in corpus_files]), seed))
+
+
 def build_tiny_chat_model(out_dir: str | Path, seed: int = 0, corpus_files: Sequence[str | Path] = ()) -> Path:
     """Build (or reuse) the tiny chat model in `out_dir` and return its path.
 

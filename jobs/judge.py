@@ -1,0 +1,128 @@
+"""Judge: responses -> `judgements` (a 0-10 score per response from an LLM judge) + `generation_errors`.
+
+MT-Bench single-answer grading (udfs.prompts.judge_messages, greedy by default): the judge explains, then
+rates "[[n]]"; the score is the last [[n]] in 0-10 (udfs.prompts.parse_judge_score), null when there is
+none, and the row is kept either way with the judge's output as `rationale`. Same machinery as generate
+and translate (jobs.llm): seeded selection, the engine job with chunked commits during the task, per-row
+errors. In that job a row is one response: its `prompt_id` column carries the response id (the request
+key, and the prompt_id of its generation_errors row, task `judge`), origin_prompt_id the prompt's id.
+
+Selection: responses of `response_tasks` and `response_models`, in `langs`, then a seeded fraction and the
+first `limit` in a seeded hash order of response ids. A response already judged by the same judge model
+and config (gen_config_id: model, sampling, chat template, judge template, system prompt) is skipped; a
+new config judges again and replaces the row (key response_id, judge_model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from instructlake.jobs.config import JudgeConf
+from instructlake.jobs.llm import LLMJob, base_gen_config, engine_spec, prior_errors, resolve_model, sample, triage
+from instructlake.jobs.runs import Context, StageResult
+from instructlake.udfs.generation import JUDGE, LLMTask
+from instructlake.udfs.prompts import JUDGE_TEMPLATE
+
+log = logging.getLogger(__name__)
+
+
+def select_responses(ctx: Context, conf: JudgeConf) -> DataFrame:
+    """The responses to judge, as engine-job rows (udfs.generation.JUDGE_COLUMNS without task/attempt)."""
+    df = ctx.store.read("responses")
+    if conf.response_tasks:
+        df = df.filter(F.col("task").isin(conf.response_tasks))
+    if conf.response_models:
+        df = df.filter(F.col("model").isin(conf.response_models))
+    df = df.select(
+        F.col("response_id").alias("prompt_id"),
+        F.col("prompt_id").alias("origin_prompt_id"),
+        "lang",
+        F.coalesce("prompt_text", F.lit("")).alias("text"),
+        F.coalesce("text", F.lit("")).alias("answer"),
+    )
+    return sample(df, conf.langs, conf.fraction, conf.limit, conf.sample_seed)
+
+
+def build_task(ctx: Context) -> LLMTask:
+    conf = ctx.conf.judge
+    model = resolve_model(conf, ctx.conf)
+    if model.sampling.n != 1:
+        raise ValueError(f"judge.sampling.n must be 1 (one judgement per response), got {model.sampling.n}")
+    template = conf.template or JUDGE_TEMPLATE
+    if "{question}" not in template or "{answer}" not in template:
+        raise ValueError("judge.template must contain {question} and {answer}")
+    return LLMTask(
+        kind=JUDGE,
+        model=model.name,
+        engine=engine_spec(model, conf, ctx.conf),
+        sampling=model.sampling,
+        gen_config=base_gen_config(
+            model, system_prompt=conf.system_prompt, template=hashlib.sha256(template.encode()).hexdigest()[:16]
+        ),
+        run_id=ctx.run_id,
+        system_prompt=conf.system_prompt,
+        chat_template=model.chat_template,
+        template=template,
+        batch_size=conf.batch_size,
+        chunk_rows=conf.chunk_rows,
+        progress_interval_s=conf.progress_interval_s,
+        fault_after_chunks=conf.fault_after_chunks,
+    )
+
+
+def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
+    """The stage; `task` replaces the configured engine task (tests inject per-request faults so)."""
+    conf = ctx.conf.judge
+    task = task or build_task(ctx)
+    job = LLMJob(ctx, "judge", conf, task, "judgements")
+    recovered = job.recover()
+    gid = task.config_id(JUDGE)
+
+    selected = select_responses(ctx, conf).withColumn("task", F.lit(JUDGE))
+    done = (
+        ctx.store.read("judgements")
+        .filter((F.col("judge_model") == task.model) & (F.col("gen_config_id") == gid))
+        .select(F.col("response_id").alias("prompt_id"))
+    )
+    tagged, counts = triage(selected, done, prior_errors(ctx.store, task.model, [gid]), conf.max_attempts)
+    try:
+        stats = job.run(tagged.filter(F.col("_state") == "todo"), counts["todo"])
+    finally:
+        tagged.unpersist()
+    written = (
+        ctx.store.read("judgements")
+        .filter((F.col("run_id") == ctx.run_id) & (F.col("gen_config_id") == gid))
+        .agg(F.count("*").alias("rows"), F.count("score").alias("scored"), F.avg("score").alias("mean"))
+        .first()
+    )
+    n_selected = sum(counts.values())
+    stats.update(
+        judge_model=task.model,
+        gen_config_id=gid,
+        sampling={"temperature": task.sampling.temperature, "max_tokens": task.sampling.max_tokens},
+        selected=n_selected,
+        already_judged=counts["done"],
+        given_up=counts["given_up"],
+        todo=counts["todo"],
+        scored=written["scored"],
+        unscored=written["rows"] - written["scored"],
+        mean_score=round(written["mean"], 3) if written["mean"] is not None else None,
+        recovered=recovered,
+    )
+    log.info(
+        "judge (%s): %d selected, %d already judged, %d given up; %d judgements (%d scored, mean %s), %d errors",
+        task.model, n_selected, counts["done"], counts["given_up"], stats["rows_written"], stats["scored"],
+        stats["mean_score"], stats["errors"],
+    )  # fmt: skip
+    return StageResult(
+        stage="judge",
+        rows_in=n_selected,
+        rows_out=stats["rows_written"],
+        rows_rejected=stats["errors"],
+        stats=stats,
+        tables=["judgements", "generation_errors"],
+    )
