@@ -30,5 +30,9 @@ pipeline:
 test: setup
 	$(PY) -m pytest tests -q -rs --timeout=900
 
+bench: setup
+	$(PY) benchmarks/generate_bench.py
+	$(PY) benchmarks/curate_bench.py --n 100000
+
 clean:
 	rm -rf lake .scratch build dist *.egg-info

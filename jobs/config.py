@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 if not (CONF_DIR / "default.yaml").exists():  # installed non-editable: conf ships beside the package
@@ -51,6 +51,14 @@ class SparkConf(_Section):
     conf: dict[str, str]
     executor_env: dict[str, str]
 
+    @field_validator("conf", "executor_env", mode="before")
+    @classmethod
+    def _as_strings(cls, v: Any) -> Any:
+        """Spark settings and env values are strings; YAML gives `2` and `false`, Spark wants "2" and "false"."""
+        if isinstance(v, dict):
+            return {k: (str(x).lower() if isinstance(x, bool) else str(x)) if isinstance(x, (bool, int, float)) else x for k, x in v.items()}
+        return v
+
 
 class DeltaConf(_Section):
     backend: Literal["auto", "spark", "rs"]
@@ -78,19 +86,189 @@ class IngestConf(_Section):
     partitions: int = Field(ge=0)
 
 
+Action = Literal["drop", "flag", "off"]
+PiiKind = Literal["email", "phone", "ipv4", "ipv6", "credit_card", "secret"]
+
+
+class LengthFilterConf(_Section):
+    enabled: bool
+    min_chars: int = Field(ge=0)
+    max_chars: int | None = Field(ge=1)
+    tokenizer: str | None
+    max_tokens: int = Field(ge=1)
+
+
+class PiiFilterConf(_Section):
+    redacted: Action
+    detected: Action
+    kinds: list[PiiKind]
+
+
+class TemplateFilterConf(_Section):
+    action: Action
+    max_count: int = Field(ge=1)
+    mask_names: bool
+
+
+class FiltersConf(_Section):
+    empty: bool
+    length: LengthFilterConf
+    moderation: Action
+    pii: PiiFilterConf
+    template: TemplateFilterConf
+
+
+class DedupConf(_Section):
+    max_source_ids: int = Field(ge=1)
+
+
+class NearDedupConf(_Section):
+    enabled: bool
+    threshold: float = Field(gt=0, le=1)
+    num_perm: int = Field(ge=2, le=1024)
+    bands: int | None = Field(ge=1)
+    rows: int | None = Field(ge=1)
+    ngram: int = Field(ge=1)
+    char_ngram: int = Field(ge=1)
+    shingle_mode: Literal["auto", "word", "char"]
+    seed: int
+    verify: Literal["shingles", "signature"]
+    max_bucket_pairs: int = Field(ge=1)
+    max_iterations: int = Field(ge=1)
+    checkpoint_dir: str | None
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> "NearDedupConf":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (derived from threshold and num_perm)")
+        if self.bands and self.rows and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+class LangidConf(_Section):
+    model: str | None
+    threshold: float = Field(ge=0, le=1)
+    max_chars: int = Field(ge=1)
+    lower_caps: bool
+    langs: list[str]
+    und: Literal["keep", "reject"]
+
+
+class CurateConf(_Section):
+    partitions: int = Field(ge=0)
+    filters: FiltersConf
+    dedup: DedupConf
+    near_dedup: NearDedupConf
+    langid: LangidConf
+
+
+class QualityConf(_Section):
+    repetition_threshold: float = Field(gt=0, le=1)
+    lang_min_chars: int = Field(ge=0)
+    lang_threshold: float = Field(ge=0, le=1)
+    langid_model: str | None
+    gate: list[Literal["empty", "truncated", "repetition", "wrong_language", "refusal", "self_identification", "pii_leak"]]
+    fail_on_expectation: bool
+    expectations: dict[str, list[dict[str, Any]]]
+
+    @field_validator("expectations")
+    @classmethod
+    def _known_expectations(cls, v: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        for table, specs in v.items():
+            for i, spec in enumerate(specs):
+                if set(spec) - {"type", "kwargs"} or not isinstance(spec.get("type"), str):
+                    raise ValueError(f"{table}[{i}]: each expectation is {{type: expect_..., kwargs: {{...}}}}")
+                if not spec["type"].startswith("expect_"):
+                    raise ValueError(f"{table}[{i}]: {spec['type']!r} is not a Great Expectations expectation name")
+        return v
+
+
 class ExportConf(_Section):
     path: str
     format: Literal["jsonl", "parquet"]
-    select: Literal["all", "first_ok"]
+    select: Literal["all", "first_ok", "best"]
+    min_score: float | None = Field(ge=0, le=10)
+    judge_model: str | None
     drop_truncated: bool
     tasks: list[str]
     include_system_prompt: bool
     files_per_lang: int = Field(ge=1)
+    require_checks_passed: bool
 
 
 class ReportConf(_Section):
     path: str
     top_n: int = Field(ge=1)
+
+
+class SamplingOverrides(_Section):
+    """null: the model file's value."""
+
+    n: int | None = Field(ge=1)
+    temperature: float | None = Field(ge=0)
+    top_p: float | None = Field(gt=0, le=1)
+    max_tokens: int | None = Field(ge=1)
+    seed: int | None
+
+
+class GpuConf(_Section):
+    enabled: bool
+    per_task: int | None = Field(ge=1)
+    task_cpus: int = Field(ge=1)
+    executor_gpus: int = Field(ge=0)
+    executor_cores: int | None = Field(ge=1)
+    executor_memory: str | None
+    executor_memory_overhead: str | None
+    discovery_script: str | None
+    vendor: str | None
+
+
+class LLMStageConf(_Section):
+    """What translate and generate share: the model, the prompt selection, the engine job."""
+
+    model_conf: str
+    model: str | None
+    backend: Literal["vllm", "transformers"] | None
+    engine_args: dict[str, Any]
+    chat_template: str | None
+    sampling: SamplingOverrides
+    device: Literal["auto", "cpu", "cuda"]
+    cpu_threads: int = Field(ge=1)
+    input: Literal["auto", "prompts", "prompts_raw"]
+    langs: list[str]
+    limit: int | None = Field(ge=0)
+    fraction: float = Field(gt=0, le=1)
+    sample_seed: int
+    tasks: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    chunk_rows: int = Field(ge=1)
+    commit: Literal["auto", "direct", "staged"]
+    staging_dir: str | None
+    max_attempts: int = Field(ge=1)
+    progress_interval_s: float = Field(gt=0)
+    gpu: GpuConf
+    fault_after_chunks: int | None = Field(ge=1)
+
+
+class TranslateConf(LLMStageConf):
+    target_lang: str
+    template: str | None
+
+
+class GenerateConf(LLMStageConf):
+    source: Literal["prompts", "translations", "both"]
+    system_prompt: str | None
+    translation_model: str | None
+    translation_finish_reasons: list[str]
+
+
+class JudgeConf(LLMStageConf):
+    input: Literal["responses"]  # type: ignore[assignment]  # the judge reads responses, never prompts
+    response_tasks: list[str]
+    response_models: list[str]
+    template: str | None
+    system_prompt: str | None
 
 
 class PipelineConf(_Section):
@@ -104,6 +282,11 @@ class Config(_Section):
     tables: TablesConf
     secrets: dict[str, str | None]
     ingest: IngestConf
+    curate: CurateConf
+    translate: TranslateConf
+    generate: GenerateConf
+    judge: JudgeConf
+    quality: QualityConf
     export: ExportConf
     report: ReportConf
     pipeline: PipelineConf
@@ -205,13 +388,23 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _split_assignment(item: str) -> tuple[str, str]:
+    """Split at the first `=` outside quotes (a quoted key segment may hold '=')."""
+    quote = None
+    for i, ch in enumerate(item):
+        if ch in "\"'":
+            quote = None if quote == ch else quote or ch
+        elif ch == "=" and quote is None:
+            return item[:i], item[i + 1 :]
+    raise ConfigError(f"--set {item!r}: expected key=value")
+
+
 def parse_set(item: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (['a','b','c'], yaml-parsed value)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value")
-    key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
+    key, raw = _split_assignment(item)
+    # A quoted segment keeps its dots: spark.conf."spark.task.cpus"=2
+    parts = [p.strip("\"'") for p in re.findall(r'"[^"]*"|\'[^\']*\'|[^.]+', key.strip())]
+    if not parts or not all(parts) or ".." in key:
         raise ConfigError(f"--set {item!r}: empty key segment")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -232,7 +425,7 @@ def load_config(files: list[str | Path] | None = None, sets: list[str] | None = 
         nested: Any = value
         for p in reversed(parts):
             nested = {p: nested}
-        tree = _merge(tree, nested, f"--set {item.split('=', 1)[0]}", provenance)
+        tree = _merge(tree, nested, f"--set {'.'.join(parts)}", provenance)
     try:
         return Config.model_validate(_interpolate_env(tree))
     except ValidationError as e:

@@ -2,7 +2,9 @@
 
 Each record is `{"messages": [system?, user, assistant], "prompt_id", "response_id", "lang", "model", "task"}`,
 the shape TRL/axolotl-style SFT loaders read. The export is a pure function of the responses table at one
-version, written with overwrite, so re-running it reproduces the same files and never duplicates records.
+version (and of response_checks / judgements where used), written with overwrite, so re-running it
+reproduces the same files and never duplicates records. select=best keeps the best-judged usable sample
+per prompt, model and task (best-of-n); min_score leaves out responses the judge scored low.
 """
 
 from __future__ import annotations
@@ -15,16 +17,38 @@ from pyspark.sql import functions as F
 from instructlake.jobs.runs import Context, StageResult
 
 
-def select_responses(responses: DataFrame, *, tasks: list[str], select: str, drop_truncated: bool) -> DataFrame:
-    """Rows to export, each with `reason` null (exported) or why it was left out."""
+def select_responses(
+    responses: DataFrame,
+    *,
+    tasks: list[str],
+    select: str,
+    drop_truncated: bool,
+    checks: DataFrame | None = None,
+    scores: DataFrame | None = None,
+    min_score: float | None = None,
+) -> DataFrame:
+    """Rows to export, each with `reason` null (exported) or why it was left out. With `checks`
+    (response_checks), only responses whose checks passed are exported. `scores` (response_id, score:
+    `judge_scores`) feed `min_score` (a scored response below it: low_score) and select=best."""
     reason = F.when(~F.col("task").isin(tasks), F.lit("task_not_selected"))
     reason = reason.when(F.col("text").isNull() | (F.length(F.trim("text")) == 0), F.lit("empty_response"))
     if drop_truncated:
         reason = reason.when(F.col("finish_reason") == "length", F.lit("truncated"))
+    if checks is not None:
+        responses = responses.join(checks.select("response_id", "passed"), "response_id", "left")
+        reason = reason.when(F.col("passed").isNull(), F.lit("unchecked")).when(~F.col("passed"), F.lit("failed_checks"))
+    if select == "best" and scores is None:
+        raise ValueError("select=best needs judge scores")
+    if scores is not None:
+        responses = responses.join(scores.select("response_id", "score"), "response_id", "left")
+        if min_score is not None:
+            reason = reason.when(F.col("score") < F.lit(float(min_score)), F.lit("low_score"))
     df = responses.withColumn("reason", reason)
-    if select == "first_ok":
-        # One response per (prompt, model, task): the lowest sample index among the usable ones.
-        w = Window.partitionBy("prompt_id", "model", "task").orderBy(F.col("reason").isNotNull(), "sample_index", "response_id")
+    if select in ("first_ok", "best"):
+        # One response per (prompt, model, task) among the usable ones: first_ok the lowest sample index,
+        # best the highest score first (unscored after scored), then the lowest sample index.
+        order = [F.col("reason").isNotNull(), *([F.col("score").desc_nulls_last()] if select == "best" else [])]
+        w = Window.partitionBy("prompt_id", "model", "task").orderBy(*order, "sample_index", "response_id")
         df = df.withColumn("_rank", F.row_number().over(w)).withColumn(
             "reason", F.when(F.col("reason").isNull() & (F.col("_rank") > 1), F.lit("not_selected")).otherwise(F.col("reason"))
         ).drop("_rank")
@@ -49,9 +73,12 @@ def chat_records(df: DataFrame, include_system_prompt: bool) -> DataFrame:
 def run(ctx: Context) -> StageResult:
     conf = ctx.conf.export
     version = ctx.store.version("responses")
+    checks = ctx.store.read("response_checks") if conf.require_checks_passed and ctx.store.exists("response_checks") else None
+    scores = judge_scores(ctx, conf.judge_model) if conf.select == "best" or conf.min_score is not None else None
     chosen = select_responses(
-        ctx.store.read("responses"), tasks=conf.tasks, select=conf.select, drop_truncated=conf.drop_truncated
-    ).persist()
+        ctx.store.read("responses"), tasks=conf.tasks, select=conf.select, drop_truncated=conf.drop_truncated, checks=checks,
+        scores=scores, min_score=conf.min_score,
+    ).persist()  # fmt: skip
     try:
         counts = {r["reason"]: r["count"] for r in chosen.groupBy("reason").count().collect()}
         records = chat_records(chosen.filter(F.col("reason").isNull()), conf.include_system_prompt)
@@ -73,6 +100,17 @@ def run(ctx: Context) -> StageResult:
         rows_rejected=sum(counts.values()),
         stats={"path": target, "format": conf.format, "responses_version": version, "per_lang": per_lang, "left_out": counts},
     )
+
+
+def judge_scores(ctx: Context, judge_model: str | None) -> DataFrame:
+    """(response_id, score): the score of `judge_model`, or the mean over every judge model (null scores
+    ignored); no rows when nothing was judged."""
+    if not ctx.store.exists("judgements"):
+        return ctx.spark.createDataFrame([], "response_id string, score double")
+    df = ctx.store.read("judgements")
+    if judge_model:
+        df = df.filter(F.col("judge_model") == judge_model)
+    return df.groupBy("response_id").agg(F.avg("score").alias("score"))
 
 
 def export_location(ctx: Context) -> str:

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 # Stage name -> module with `run(ctx) -> StageResult`, in pipeline order; imported only when run.
 STAGES: dict[str, str] = {
     "ingest": "instructlake.jobs.ingest",
+    "curate": "instructlake.jobs.curate",
+    "translate": "instructlake.jobs.translate",
+    "generate": "instructlake.jobs.generate",
+    "judge": "instructlake.jobs.judge",
+    "quality": "instructlake.jobs.quality",
     "export": "instructlake.jobs.export",
     "report": "instructlake.jobs.report",
 }

@@ -57,7 +57,7 @@ SCHEMAS: dict[str, T.StructType] = {
     "prompts": ddl(
         """prompt_id STRING NOT NULL, text STRING, lang STRING, lang_score FLOAT, lang2 STRING, lang2_score FLOAT,
         source_lang STRING, n_chars INT, dup_count INT, cluster_id STRING, cluster_size INT,
-        sources ARRAY<STRING>, source_ids ARRAY<STRING>, template_id STRING, flags ARRAY<STRING>,
+        sources ARRAY<STRING>, source_ids ARRAY<STRING>, turns ARRAY<INT>, template_id STRING, flags ARRAY<STRING>,
         moderation_flagged BOOLEAN, redacted BOOLEAN, run_id STRING, created_at TIMESTAMP"""
     ),
     "translations": ddl(
@@ -76,6 +76,23 @@ SCHEMAS: dict[str, T.StructType] = {
         """prompt_id STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING NOT NULL, task STRING NOT NULL,
         error_class STRING, message STRING, attempt INT, run_id STRING, created_at TIMESTAMP"""
     ),
+    # One row per response and judge model (the latest judge config); score 0-10, null when the judge's
+    # output (`rationale`) holds no parseable [[score]]. Judge failures: generation_errors rows of task
+    # `judge`, whose prompt_id is the judged response_id.
+    "judgements": ddl(
+        """response_id STRING NOT NULL, prompt_id STRING, judge_model STRING NOT NULL, score DOUBLE, rationale STRING,
+        finish_reason STRING, prompt_tokens INT, completion_tokens INT, gen_config_id STRING,
+        run_id STRING, created_at TIMESTAMP"""
+    ),
+    "response_checks": ddl(
+        """response_id STRING NOT NULL, prompt_id STRING, model STRING, empty BOOLEAN, truncated BOOLEAN,
+        repetition BOOLEAN, wrong_language BOOLEAN, refusal BOOLEAN, self_identification BOOLEAN, pii_leak BOOLEAN,
+        response_lang STRING, repeated_ratio FLOAT, passed BOOLEAN, run_id STRING, created_at TIMESTAMP"""
+    ),
+    "expectation_results": ddl(
+        """run_id STRING NOT NULL, table_name STRING NOT NULL, expectation STRING NOT NULL, success BOOLEAN,
+        observed_value STRING, details STRING, created_at TIMESTAMP"""
+    ),
     "runs": ddl(
         """run_id STRING NOT NULL, stage STRING NOT NULL, status STRING, config STRING,
         rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, stats STRING,
@@ -90,5 +107,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "translations": ("prompt_id", "target_lang", "model"),
     "responses": ("response_id",),
     "generation_errors": ("prompt_id", "model", "gen_config_id", "task"),
+    "judgements": ("response_id", "judge_model"),
+    "response_checks": ("response_id",),
+    "expectation_results": ("run_id", "table_name", "expectation"),
     "runs": ("run_id", "stage"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -52,3 +53,17 @@ def ctx_factory(spark, tmp_path):
         return Context.create(make_conf(tmp_path, *sets), spark=spark)
 
     return make
+
+
+def response(prompt, i, lang, finish="stop", text=None, task="respond", system="Be helpful."):
+    """A `responses` row as the generate stage writes it, for stages that consume responses."""
+    from instructlake.udfs.text import content_hash, prompt_id
+
+    pid = prompt_id(prompt)
+    return dict(
+        response_id=content_hash(pid, "m", "g", str(i)), prompt_id=pid, origin_prompt_id=None, task=task, lang=lang,
+        model="m", gen_config_id="g", sample_index=i, n=2, temperature=0.6, top_p=1.0, max_tokens=32, seed=1,
+        system_prompt=system, prompt_text=prompt, text=f"answer {i} <b>to</b> {prompt[:20]}" if text is None else text,
+        finish_reason=finish, prompt_tokens=10, completion_tokens=5 + i, latency_s=0.1, engine="vllm",
+        engine_version="vllm-0.32.0", run_id="r0", created_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    )  # fmt: skip

@@ -61,3 +61,31 @@ def test_secrets_never_reach_the_runs_table(ctx_factory, tmp_path, monkeypatch):
     dumped = json.dumps(rows, default=str)
     assert token not in dumped
     assert "***REDACTED***" in rows[0]["config"] and "***REDACTED***" in rows[0]["error"]
+
+
+class FakeWidgets:
+    """Stands in for Databricks' dbutils.widgets (no Databricks here): text() declares, get() reads."""
+
+    def __init__(self, values):
+        self.values = dict(values)
+
+    def text(self, name, default, label=None):
+        self.values.setdefault(name, default)
+
+    def get(self, name):
+        return self.values[name]
+
+
+def test_notebook_helper_runs_a_stage_from_widgets(spark, tmp_path, shared_data):
+    from types import SimpleNamespace
+
+    from instructlake.jobs.notebook import run_stage_from_widgets
+
+    sets = (
+        f"run.lake_root={tmp_path / 'lake'} run.work_dir={tmp_path / 'work'} "
+        f"\"ingest.inputs=[{{path: '{shared_data}/prompts/en_self_instruct_seed_tasks.jsonl'}}]\""
+    )
+    dbutils = SimpleNamespace(widgets=FakeWidgets({"conf": str(REPO / "conf" / "local.yaml"), "sets": sets, "run_id": "nb-run-1"}))
+    summary = run_stage_from_widgets(spark, dbutils, "ingest")
+    assert (summary["run_id"], summary["stage"], summary["rows_out"]) == ("nb-run-1", "ingest", 175)
+    assert summary["locations"]["prompts_raw"] == str(tmp_path / "lake" / "prompts_raw")

@@ -99,3 +99,10 @@ def test_redact_keeps_structure():
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "conf").glob("*.yaml")))
 def test_every_shipped_conf_file_validates(name):
     load_config([REPO / "conf" / name])
+
+
+def test_set_quoted_segment_keeps_dots():
+    conf = load_config([], ['spark.conf."spark.task.cpus"=2', "spark.conf.'spark.ui.enabled'=false"])
+    assert conf.spark.conf == {"spark.task.cpus": "2", "spark.ui.enabled": "false"}
+    with pytest.raises(ConfigError, match="empty key segment"):
+        load_config([], ["spark..master=x"])

@@ -1,7 +1,6 @@
 """Export and report over real Delta tables. The responses are written straight into the table (the
 generate stage's own tests cover producing them); texts are real prompts from ../shared/data."""
 
-import datetime as dt
 import gzip
 import json
 
@@ -9,21 +8,9 @@ import pytest
 
 from instructlake.jobs.runs import run_stage
 from instructlake.jobs.tables import SCHEMAS
-from instructlake.udfs.text import content_hash, prompt_id
+from instructlake.udfs.text import prompt_id
 
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def response(prompt, i, lang, finish="stop", text=None, task="respond", system="Be helpful."):
-    pid = prompt_id(prompt)
-    return dict(
-        response_id=content_hash(pid, "m", "g", str(i)), prompt_id=pid, origin_prompt_id=None, task=task, lang=lang,
-        model="m", gen_config_id="g", sample_index=i, n=2, temperature=0.6, top_p=1.0, max_tokens=32, seed=1,
-        system_prompt=system, prompt_text=prompt, text=f"answer {i} <b>to</b> {prompt[:20]}" if text is None else text,
-        finish_reason=finish, prompt_tokens=10, completion_tokens=5 + i, latency_s=0.1, engine="vllm",
-        engine_version="vllm-0.32.0", run_id="r0", created_at=NOW,
-    )  # fmt: skip
-
+from .conftest import response
 
 @pytest.fixture
 def ctx_with_responses(ctx_factory, tmp_path, shared_data):
