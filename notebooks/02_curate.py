@@ -13,10 +13,4 @@ import json
 
 from instructlake.jobs.notebook import run_stage_from_widgets
 
-summary = run_stage_from_widgets(spark, dbutils, "curate")
-
-# COMMAND ----------
-
-display(spark.createDataFrame([{k: summary[k] for k in ("run_id", "stage", "rows_in", "rows_out", "rows_rejected")}]))
-print(json.dumps(summary["stats"], indent=2, default=str))
-dbutils.notebook.exit(json.dumps(summary, default=str))
+dbutils.notebook.exit(json.dumps(run_stage_from_widgets(spark, dbutils, "curate", display), default=str))

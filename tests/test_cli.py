@@ -86,6 +86,8 @@ def test_notebook_helper_runs_a_stage_from_widgets(spark, tmp_path, shared_data)
         f"\"ingest.inputs=[{{path: '{shared_data}/prompts/en_self_instruct_seed_tasks.jsonl'}}]\""
     )
     dbutils = SimpleNamespace(widgets=FakeWidgets({"conf": str(REPO / "conf" / "local.yaml"), "sets": sets, "run_id": "nb-run-1"}))
-    summary = run_stage_from_widgets(spark, dbutils, "ingest")
+    shown = []
+    summary = run_stage_from_widgets(spark, dbutils, "ingest", shown.append)
+    assert shown[0].first().rows_out == 175
     assert (summary["run_id"], summary["stage"], summary["rows_out"]) == ("nb-run-1", "ingest", 175)
     assert summary["locations"]["prompts_raw"] == str(tmp_path / "lake" / "prompts_raw")

@@ -25,7 +25,7 @@ NOTEBOOKS = REPO / "notebooks"
 MODELS = REPO / "conf" / "models"
 BUNDLE = DEPLOY / "databricks"
 IMAGE_SRC = "/opt/instructlake/src/"  # where deploy/Dockerfile puts the repository
-PIPELINE = ["ingest", "curate", "generate", "export"]
+PIPELINE = ["ingest", "curate", "generate", "quality", "export", "report"]  # the bundle job's tasks
 ENV_VARS = [
     "INSTRUCTLAKE_LAKE_ROOT", "INSTRUCTLAKE_INPUT", "INSTRUCTLAKE_SCRATCH", "INSTRUCTLAKE_CLUSTER_PYTHON",
     "INSTRUCTLAKE_CATALOG", "INSTRUCTLAKE_SCHEMA",
@@ -189,7 +189,9 @@ def _cells(path: Path) -> list[str]:
 
 def test_notebooks_cover_the_pipeline():
     names = {p.stem for p in NOTEBOOK_FILES}
-    assert {"00_setup", "99_explore_sql"} | {f"{i:02d}_{s}" for i, s in enumerate(PIPELINE, 1)} <= names
+    from instructlake.jobs.runs import STAGES
+
+    assert {"00_setup", "99_explore_sql"} | {f"{i:02d}_{s}" for i, s in enumerate(STAGES, 1)} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
@@ -207,11 +209,11 @@ def test_notebook_is_databricks_source_and_compiles(path):
     compile(stripped, str(path), "exec")
 
 
-@pytest.mark.parametrize("stage", PIPELINE)
+@pytest.mark.parametrize("stage", ["ingest", "curate", "translate", "generate", "judge", "quality", "export", "report"])
 def test_stage_notebook_runs_its_stage_with_the_databricks_conf(clean_env, stage):
     (path,) = NOTEBOOKS.glob(f"*_{stage}.py")
     text = path.read_text(encoding="utf-8")
-    assert re.findall(r"run_stage_from_widgets\(spark, dbutils, \"(\w+)\"\)", text) == [stage]
+    assert re.findall(r"run_stage_from_widgets\(spark, dbutils, \"(\w+)\", display\)", text) == [stage]
     helper = (REPO / "jobs" / "notebook.py").read_text(encoding="utf-8")
     default_conf = re.search(r'dbutils\.widgets\.text\("conf", "([^"]+)"', helper).group(1)
     conf = load_config([NOTEBOOKS / default_conf])  # notebooks run with their own folder as cwd

@@ -1,7 +1,7 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # 04 · Export
-# MAGIC `responses` -> SFT chat files (JSONL.gz / Parquet).
+# MAGIC # 05 · Judge
+# MAGIC `responses` -> `judgements`: a 0–10 LLM-as-judge score per response (MT-Bench single-answer grading), for `export.select: best` and `export.min_score`. Runs on the GPU cluster.
 # MAGIC
 # MAGIC Widgets: `conf` (config files on top of the packaged conf/default.yaml, relative to this notebook),
 # MAGIC `sets` (`key=value` overrides, as `--set` on the CLI), `run_id` (empty: a fresh one; the job passes
@@ -13,10 +13,4 @@ import json
 
 from instructlake.jobs.notebook import run_stage_from_widgets
 
-summary = run_stage_from_widgets(spark, dbutils, "export")
-
-# COMMAND ----------
-
-display(spark.createDataFrame([{k: summary[k] for k in ("run_id", "stage", "rows_in", "rows_out", "rows_rejected")}]))
-print(json.dumps(summary["stats"], indent=2, default=str))
-dbutils.notebook.exit(json.dumps(summary, default=str))
+dbutils.notebook.exit(json.dumps(run_stage_from_widgets(spark, dbutils, "judge", display), default=str))

@@ -1,6 +1,6 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # 03 · Generate
+# MAGIC # 04 · Generate
 # MAGIC `prompts` -> `responses` (n samples per prompt, one vLLM engine per GPU) and `generation_errors`. Runs on the bundle's GPU cluster.
 # MAGIC
 # MAGIC Widgets: `conf` (config files on top of the packaged conf/default.yaml, relative to this notebook),
@@ -13,10 +13,4 @@ import json
 
 from instructlake.jobs.notebook import run_stage_from_widgets
 
-summary = run_stage_from_widgets(spark, dbutils, "generate")
-
-# COMMAND ----------
-
-display(spark.createDataFrame([{k: summary[k] for k in ("run_id", "stage", "rows_in", "rows_out", "rows_rejected")}]))
-print(json.dumps(summary["stats"], indent=2, default=str))
-dbutils.notebook.exit(json.dumps(summary, default=str))
+dbutils.notebook.exit(json.dumps(run_stage_from_widgets(spark, dbutils, "generate", display), default=str))
