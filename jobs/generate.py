@@ -23,12 +23,11 @@ from instructlake.jobs.llm import (
     LLMJob,
     ResolvedModel,
     base_gen_config,
-    engine_spec,
+    llm_task,
     prior_errors,
     resolve_model,
     sample,
     select_prompts,
-    triage,
 )
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs.generation import RESPOND, RESPOND_TRANSLATED, LLMTask
@@ -60,20 +59,11 @@ def build_task(ctx: Context) -> tuple[ResolvedModel, LLMTask]:
     """The stage's model and the engine task every Spark task runs."""
     conf = ctx.conf.generate
     model = resolve_model(conf, ctx.conf)
-    return model, LLMTask(
-        kind="respond",
-        model=model.name,
-        engine=engine_spec(model, conf, ctx.conf),
-        sampling=model.sampling,
+    return model, llm_task(
+        ctx, conf, model, "respond",
         gen_config=base_gen_config(model, system_prompt=conf.system_prompt),
-        run_id=ctx.run_id,
         system_prompt=conf.system_prompt,
-        chat_template=model.chat_template,
-        batch_size=conf.batch_size,
-        chunk_rows=conf.chunk_rows,
-        progress_interval_s=conf.progress_interval_s,
-        fault_after_chunks=conf.fault_after_chunks,
-    )
+    )  # fmt: skip
 
 
 def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
@@ -107,34 +97,18 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
         .select("prompt_id", "gen_config_id")
     )
     errors = prior_errors(ctx.store, model.name, list(gids.values()))
-    tagged, counts = triage(selected.withColumn("gen_config_id", gid), answered, errors, conf.max_attempts)
-    try:
-        stats = job.run(tagged.filter(F.col("_state") == "todo"), counts["todo"])
-    finally:
-        tagged.unpersist()
-    n_selected = sum(counts.values())
+    stats, counts = job.run_pending(selected.withColumn("gen_config_id", gid), answered, errors)
     stats.update(
         model=model.name,
         source=conf.source,
         gen_config_ids=gids,
         sampling={"n": model.sampling.n, "temperature": model.sampling.temperature, "top_p": model.sampling.top_p,
                   "max_tokens": model.sampling.max_tokens, "seed": model.sampling.seed},
-        selected=n_selected,
-        already_answered=counts["done"],
-        given_up=counts["given_up"],
-        todo=counts["todo"],
         recovered=recovered,
     )  # fmt: skip
     log.info(
         "generate: %d selected, %d already answered, %d given up; %d responses, %d errors, %.0f tok/s (%s)",
-        n_selected, counts["done"], counts["given_up"], stats["rows_written"], stats["errors"],
+        stats["selected"], counts["done"], counts["given_up"], stats["rows_written"], stats["errors"],
         stats["tokens_per_s"], stats.get("engine_version"),
     )  # fmt: skip
-    return StageResult(
-        stage="generate",
-        rows_in=n_selected,
-        rows_out=stats["rows_written"],
-        rows_rejected=stats["errors"],
-        stats=stats,
-        tables=["responses", "generation_errors"],
-    )
+    return job.result(stats)

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from instructlake.jobs.config import JudgeConf
-from instructlake.jobs.llm import LLMJob, base_gen_config, engine_spec, prior_errors, resolve_model, sample, triage
+from instructlake.jobs.llm import LLMJob, base_gen_config, llm_task, prior_errors, resolve_model, sample
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs.generation import JUDGE, LLMTask
 from instructlake.udfs.prompts import JUDGE_TEMPLATE
@@ -55,23 +55,14 @@ def build_task(ctx: Context) -> LLMTask:
     template = conf.template or JUDGE_TEMPLATE
     if "{question}" not in template or "{answer}" not in template:
         raise ValueError("judge.template must contain {question} and {answer}")
-    return LLMTask(
-        kind=JUDGE,
-        model=model.name,
-        engine=engine_spec(model, conf, ctx.conf),
-        sampling=model.sampling,
+    return llm_task(
+        ctx, conf, model, JUDGE,
         gen_config=base_gen_config(
             model, system_prompt=conf.system_prompt, template=hashlib.sha256(template.encode()).hexdigest()[:16]
         ),
-        run_id=ctx.run_id,
         system_prompt=conf.system_prompt,
-        chat_template=model.chat_template,
         template=template,
-        batch_size=conf.batch_size,
-        chunk_rows=conf.chunk_rows,
-        progress_interval_s=conf.progress_interval_s,
-        fault_after_chunks=conf.fault_after_chunks,
-    )
+    )  # fmt: skip
 
 
 def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
@@ -88,26 +79,17 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
         .filter((F.col("judge_model") == task.model) & (F.col("gen_config_id") == gid))
         .select(F.col("response_id").alias("prompt_id"))
     )
-    tagged, counts = triage(selected, done, prior_errors(ctx.store, task.model, [gid]), conf.max_attempts)
-    try:
-        stats = job.run(tagged.filter(F.col("_state") == "todo"), counts["todo"])
-    finally:
-        tagged.unpersist()
+    stats, counts = job.run_pending(selected, done, prior_errors(ctx.store, task.model, [gid]))
     written = (
         ctx.store.read("judgements")
         .filter((F.col("run_id") == ctx.run_id) & (F.col("gen_config_id") == gid))
         .agg(F.count("*").alias("rows"), F.count("score").alias("scored"), F.avg("score").alias("mean"))
         .first()
     )
-    n_selected = sum(counts.values())
     stats.update(
         judge_model=task.model,
         gen_config_id=gid,
         sampling={"temperature": task.sampling.temperature, "max_tokens": task.sampling.max_tokens},
-        selected=n_selected,
-        already_judged=counts["done"],
-        given_up=counts["given_up"],
-        todo=counts["todo"],
         scored=written["scored"],
         unscored=written["rows"] - written["scored"],
         mean_score=round(written["mean"], 3) if written["mean"] is not None else None,
@@ -115,14 +97,7 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
     )
     log.info(
         "judge (%s): %d selected, %d already judged, %d given up; %d judgements (%d scored, mean %s), %d errors",
-        task.model, n_selected, counts["done"], counts["given_up"], stats["rows_written"], stats["scored"],
+        task.model, stats["selected"], counts["done"], counts["given_up"], stats["rows_written"], stats["scored"],
         stats["mean_score"], stats["errors"],
     )  # fmt: skip
-    return StageResult(
-        stage="judge",
-        rows_in=n_selected,
-        rows_out=stats["rows_written"],
-        rows_rejected=stats["errors"],
-        stats=stats,
-        tables=["judgements", "generation_errors"],
-    )
+    return job.result(stats)

@@ -39,6 +39,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from instructlake.jobs.config import CONF_DIR, Config, GpuConf, LLMStageConf
+from instructlake.jobs.runs import StageResult
 from instructlake.jobs.store import RsTable, TableStore, arrow_schema
 from instructlake.jobs.tables import KEYS, SCHEMAS
 from instructlake.udfs import generation as G
@@ -167,6 +168,24 @@ def base_gen_config(model: ResolvedModel, **extra: Any) -> dict[str, Any]:
         model=model.name, n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
         chat_template=template, **extra,
     )  # fmt: skip
+
+
+def llm_task(ctx: Any, llm: LLMStageConf, model: ResolvedModel, kind: str, **fields: Any) -> G.LLMTask:
+    """The engine task of an LLM stage: what every stage takes from its config and model, plus the
+    stage's own `fields` (gen_config, system_prompt, template, target_lang)."""
+    return G.LLMTask(
+        kind=kind,
+        model=model.name,
+        engine=engine_spec(model, llm, ctx.conf),
+        sampling=model.sampling,
+        run_id=ctx.run_id,
+        chat_template=model.chat_template,
+        batch_size=llm.batch_size,
+        chunk_rows=llm.chunk_rows,
+        progress_interval_s=llm.progress_interval_s,
+        fault_after_chunks=llm.fault_after_chunks,
+        **fields,
+    )
 
 
 # ---- GPU resource profile ------------------------------------------------------------------------------
@@ -518,6 +537,27 @@ class LLMJob:
             return sum(pq.ParquetFile(fs.open_input_file(f"{base}/{self.main}/{f.rsplit('/', 1)[1]}")).metadata.num_rows for f in files)
 
         return staged_rows
+
+    def run_pending(self, selected: DataFrame, done: DataFrame, errors: DataFrame) -> tuple[dict[str, Any], dict[str, int]]:
+        """Triage `selected` against what is done and what failed before (read after `recover()`), run
+        the engine on the rest; the job's stats (with the triage counts) and the counts."""
+        tagged, counts = triage(selected, done, errors, self.llm.max_attempts)
+        try:
+            stats = self.run(tagged.filter(F.col("_state") == "todo"), counts["todo"])
+        finally:
+            tagged.unpersist()
+        stats.update(selected=sum(counts.values()), done_before=counts["done"], given_up=counts["given_up"], todo=counts["todo"])
+        return stats, counts
+
+    def result(self, stats: dict[str, Any]) -> StageResult:
+        return StageResult(
+            stage=self.stage,
+            rows_in=stats["selected"],
+            rows_out=stats["rows_written"],
+            rows_rejected=stats["errors"],
+            stats=stats,
+            tables=list(self.tables),
+        )
 
     def run(self, inputs: DataFrame, total: int) -> dict[str, Any]:
         """Generate for `inputs` (the task's input_columns, udfs.generation.INPUT_COLUMNS; `total` rows, best

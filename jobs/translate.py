@@ -17,14 +17,13 @@ from pyspark.sql import functions as F
 from instructlake.jobs.llm import (
     LLMJob,
     base_gen_config,
-    engine_spec,
+    llm_task,
     prior_errors,
     resolve_model,
     select_prompts,
-    triage,
 )
 from instructlake.jobs.runs import Context, StageResult
-from instructlake.udfs.generation import TRANSLATE, LLMTask
+from instructlake.udfs.generation import TRANSLATE
 from instructlake.udfs.prompts import TRANSLATE_TEMPLATE, translate_messages
 
 log = logging.getLogger(__name__)
@@ -37,23 +36,14 @@ def run(ctx: Context) -> StageResult:
         raise ValueError(f"translate.sampling.n must be 1 (one translation per prompt), got {model.sampling.n}")
     template = conf.template or TRANSLATE_TEMPLATE
     translate_messages("check", template=template)  # a bad template fails here, not on every row
-    task = LLMTask(
-        kind="translate",
-        model=model.name,
-        engine=engine_spec(model, conf, ctx.conf),
-        sampling=model.sampling,
+    task = llm_task(
+        ctx, conf, model, TRANSLATE,
         gen_config=base_gen_config(
             model, target_lang=conf.target_lang, template=hashlib.sha256(template.encode()).hexdigest()[:16]
         ),
-        run_id=ctx.run_id,
-        chat_template=model.chat_template,
         target_lang=conf.target_lang,
         template=template,
-        batch_size=conf.batch_size,
-        chunk_rows=conf.chunk_rows,
-        progress_interval_s=conf.progress_interval_s,
-        fault_after_chunks=conf.fault_after_chunks,
-    )
+    )  # fmt: skip
     job = LLMJob(ctx, "translate", conf, task, "translations")
     recovered = job.recover()
     gid = task.config_id(TRANSLATE)
@@ -68,31 +58,10 @@ def run(ctx: Context) -> StageResult:
         .filter((F.col("target_lang") == conf.target_lang) & (F.col("model") == model.name) & (F.col("gen_config_id") == gid))
         .select("prompt_id")
     )
-    tagged, counts = triage(selected, done, prior_errors(ctx.store, model.name, [gid]), conf.max_attempts)
-    try:
-        stats = job.run(tagged.filter(F.col("_state") == "todo"), counts["todo"])
-    finally:
-        tagged.unpersist()
-    n_selected = sum(counts.values())
-    stats.update(
-        model=model.name,
-        target_lang=conf.target_lang,
-        gen_config_id=gid,
-        selected=n_selected,
-        already_translated=counts["done"],
-        given_up=counts["given_up"],
-        todo=counts["todo"],
-        recovered=recovered,
-    )
+    stats, counts = job.run_pending(selected, done, prior_errors(ctx.store, model.name, [gid]))
+    stats.update(model=model.name, target_lang=conf.target_lang, gen_config_id=gid, recovered=recovered)
     log.info(
         "translate -> %s: %d selected, %d already translated; %d translations, %d errors",
-        conf.target_lang, n_selected, counts["done"], stats["rows_written"], stats["errors"],
+        conf.target_lang, stats["selected"], counts["done"], stats["rows_written"], stats["errors"],
     )  # fmt: skip
-    return StageResult(
-        stage="translate",
-        rows_in=n_selected,
-        rows_out=stats["rows_written"],
-        rows_rejected=stats["errors"],
-        stats=stats,
-        tables=["translations", "generation_errors"],
-    )
+    return job.result(stats)

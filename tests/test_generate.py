@@ -156,7 +156,7 @@ def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts
 
     # A second run retries the failed request (attempt 2) but never the prompt that cannot fit.
     again = run_stage(make_ctx("generate.tasks=2"), "generate")
-    assert again.rows_in == 7 and again.stats["given_up"] == 1 and again.stats["already_answered"] == 5
+    assert again.rows_in == 7 and again.stats["given_up"] == 1 and again.stats["done_before"] == 5
     assert again.rows_out == 2 and set(responses(ctx).prompt_id) == set(ids) - {huge_id}
 
 
@@ -266,7 +266,7 @@ def test_staged_chunks_of_a_crashed_driver_are_recovered_by_the_next_run(make_ct
     sink.commit("0-0", G.rows_for(task, frame, fake, "vllm-test"))
     result = run_stage(ctx, "generate")
     assert result.stats["recovered"]["responses"]["inserted"] == 4
-    assert result.stats["already_answered"] == 2 and result.rows_out == 4  # only the other two prompts ran
+    assert result.stats["done_before"] == 2 and result.rows_out == 4  # only the other two prompts ran
     assert result.stats["commit"] == "staged" and llm.staged_files(str(staging), "responses") == []
     assert (responses(ctx).groupby("prompt_id").size() == 2).all()
 
@@ -289,13 +289,13 @@ def test_fault_after_k_chunks_then_resume_answers_every_prompt_exactly_n_times(m
 
     second = run_stage(make_ctx(*sets), "generate")
     df = responses(ctx)
-    assert second.stats["already_answered"] == len(partial) // 2 and second.rows_out == 40 - len(partial)
+    assert second.stats["done_before"] == len(partial) // 2 and second.rows_out == 40 - len(partial)
     assert len(df) == 40 and df.response_id.is_unique and set(df.prompt_id) == set(ids)
     assert (df.groupby("prompt_id").size() == 2).all()
 
     versions = [ctx.store.version(n) for n in ("responses", "generation_errors")]
     third = run_stage(make_ctx(*sets), "generate")
-    assert third.rows_out == 0 and third.stats["already_answered"] == 20
+    assert third.rows_out == 0 and third.stats["done_before"] == 20
     assert [ctx.store.version(n) for n in ("responses", "generation_errors")] == versions
 
 

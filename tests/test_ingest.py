@@ -63,7 +63,7 @@ def jsonl(path, records, extra_lines=()):
 def inputs(tmp_path, shared_data):
     en = real_prompts(shared_data, 40)
     ja = real_prompts(shared_data, 30, "ja_dolly_15k_ja_v0_first5000.jsonl")
-    lmsys = jsonl(
+    jsonl(
         tmp_path / "lmsys.jsonl",
         [lmsys_record(p, i) for i, p in enumerate(en)],
         extra_lines=[

@@ -105,14 +105,14 @@ def test_judge_every_response_errors_and_resume(make_ctx, shared_data, work_dir,
 
     # Re-run: the failed request is retried (attempt 2), the response that cannot fit never is.
     again = run_stage(make_ctx(), "judge")
-    assert again.rows_in == 11 and again.stats["already_judged"] == 9 and again.stats["given_up"] == 1
+    assert again.rows_in == 11 and again.stats["done_before"] == 9 and again.stats["given_up"] == 1
     assert again.rows_out == 1 and set(judgements(ctx).response_id) == set(resp.response_id) - {huge["response_id"]}
     assert ctx.store.read("runs").filter(F.col("stage") == "judge").first().status == "succeeded"
 
     # Complete: nothing new is judged and no table version moves.
     before = versions(ctx)
     third = run_stage(make_ctx(), "judge")
-    assert third.rows_out == 0 and third.stats["todo"] == 0 and third.stats["already_judged"] == 10
+    assert third.rows_out == 0 and third.stats["todo"] == 0 and third.stats["done_before"] == 10
     assert versions(ctx) == before
 
     # Greedy judging through Spark equals a plain vllm.LLM.chat over the same judge prompts.
