@@ -11,10 +11,10 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 if not (CONF_DIR / "default.yaml").exists():  # installed non-editable: conf ships beside the package
@@ -86,7 +86,8 @@ class IngestConf(_Section):
     partitions: int = Field(ge=0)
 
 
-Action = Literal["drop", "flag", "off"]
+# YAML 1.1 reads a bare `off` as false: take it as the word it was meant to be.
+Action = Annotated[Literal["drop", "flag", "off"], BeforeValidator(lambda v: "off" if v is False else v)]
 PiiKind = Literal["email", "phone", "ipv4", "ipv6", "credit_card", "secret"]
 
 

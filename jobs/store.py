@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -280,9 +281,13 @@ class TableStore:
             new = delta.join(existing.select(*keys), list(keys), "left_anti")
             updates = delta.join(existing.select(*keys), list(keys), "left_semi")
             n_updates = updates.count()
-            inserted = self.append(new, name, run_id=run_id, stage=stage, chunk="insert")
+            # A merge's rows are worked out afresh on every call (it is idempotent by content), so its commit
+            # ids carry a per-call nonce: a repeated call with the same run id (a repaired job) must commit
+            # what the first call did not, while a retried task of this call still commits at most once.
+            nonce = uuid.uuid4().hex[:12]
+            inserted = self.append(new, name, run_id=run_id, stage=stage, chunk=f"insert-{nonce}")
             if n_updates:
-                self._merge_rows(updates, name, run_id=run_id, stage=stage)
+                self._merge_rows(updates, name, run_id=run_id, stage=f"{stage}-{nonce}")
             return MergeResult(inserted=inserted, updated=n_updates)
         finally:
             delta.unpersist()
@@ -313,7 +318,7 @@ class TableStore:
                 self._delta_table(name).alias("t").merge(doomed.alias("s"), cond).whenMatchedDelete().execute()
             else:
                 parts = doomed.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
-                app = f"{self.physical(name)}:{stage}:{run_id}:delete"
+                app = f"{self.physical(name)}:{stage}:{run_id}:delete-{uuid.uuid4().hex[:12]}"
                 parts.mapInArrow(_commit_partitions(self.rs_table(name), app, tuple(k), delete=True), _RESULT_SCHEMA).collect()
             return n
         finally:

@@ -424,3 +424,37 @@ def test_connected_components_on_chains_stars_and_cycles(spark):
     assert rounds <= 8
     with pytest.raises(RuntimeError, match="did not converge"):
         connected_components(edges, max_iterations=1)
+
+
+def test_filters_and_near_dedup_off(spark, tmp_path, data):
+    """With the switches off, nothing is rejected but exact duplicates and languages, nothing clustered."""
+    keep = {"flagged", "email", "name", "template-0", "template-1", "short-ok", "gibberish"}
+    rows = [r for r in data["rows"] if r["source_id"] in keep or r["source_id"].startswith("near-en0")]
+    rows += [{**rows[0], "source": "zzz", "source_id": "copy"}]
+    sets = [
+        "curate.filters.moderation=off", "curate.filters.pii.redacted=off", "curate.filters.pii.detected=off",
+        "curate.filters.template.action=off", "curate.filters.length.enabled=false", "curate.near_dedup.enabled=false",
+        "curate.langid.langs=[]", "curate.langid.und=keep",
+    ]  # fmt: skip
+    ctx = Context.create(make_conf(tmp_path, *sets), spark=spark)
+    write_raw(ctx, rows)
+    result = run_stage(ctx, "curate")
+    prompts, rejected = table_rows(ctx, "prompts"), table_rows(ctx, "prompts_rejected")
+    assert rejected["reason"].str.startswith("duplicate_of:").all() and len(rejected) == 1
+    assert result.rows_out == len(rows) - 1 == len(prompts)
+    assert (prompts["cluster_id"] == prompts["prompt_id"]).all() and (prompts["cluster_size"] == 1).all()
+    assert prompts["flags"].map(len).eq(0).all() and prompts["template_id"].isna().all()
+    assert result.stats["near_dedup"] == {"enabled": False} and "near_dedup" not in result.stats["steps"]
+
+
+def test_curate_config_off_and_bands(tmp_path):
+    from instructlake.jobs.config import ConfigError, load_config
+
+    f = tmp_path / "c.yaml"
+    f.write_text("curate:\n  filters:\n    moderation: off\n    template: {action: off}\n")  # YAML 1.1: off is false
+    conf = load_config([f])
+    assert conf.curate.filters.moderation == "off" and conf.curate.filters.template.action == "off"
+    with pytest.raises(ConfigError, match="set both bands and rows"):
+        load_config([], ["curate.near_dedup.bands=10"])
+    with pytest.raises(ConfigError, match="exceeds num_perm"):
+        load_config([], ["curate.near_dedup.bands=20", "curate.near_dedup.rows=10"])

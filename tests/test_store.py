@@ -132,3 +132,12 @@ def test_backend_spark_without_jars_fails_clearly(spark, tmp_path):
     assert choose_backend(spark, make_conf(tmp_path)) == "rs"
     with pytest.raises(RuntimeError, match="delta-spark jars are not on the classpath"):
         choose_backend(spark, make_conf(tmp_path, "delta.backend=spark"))
+
+
+def test_merge_repeated_with_the_same_run_id_commits_what_is_missing(ctx_factory):
+    """A repaired job re-runs a stage under the same run id: rows the first call did not write must land."""
+    ctx = ctx_factory()
+    ctx.store.merge(frame(ctx.spark, raw_rows(50)), "prompts_raw", run_id="r1", stage="t")
+    result = ctx.store.merge(frame(ctx.spark, raw_rows(80)), "prompts_raw", run_id="r1", stage="t")
+    assert (result.inserted, result.updated) == (30, 0)
+    assert ctx.store.read("prompts_raw").count() == 80
