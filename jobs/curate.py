@@ -7,10 +7,13 @@ Steps, each materialized once and timed (stats["steps"], seconds; stats["step_ro
                skeletons counted across the table (more than max_count distinct prompts: a template)
   exact_dedup  group by prompt_id = hash(normalized text); representative = smallest (source, source_id,
                turn); the others -> duplicate_of:<prompt_id>
-  langid       fastText on each distinct prompt; languages outside curate.langid.langs or `und` rejected
+  langid       fastText on each distinct prompt (a narrow projection: id, text, language); languages
+               outside curate.langid.langs or `und` rejected
   near_dedup   MinHash-LSH candidates, verified pairs, connected components (jobs.dedup); the member with
                the largest dup_count (then the smallest prompt_id) represents its cluster; the others ->
                near_duplicate_of:<cluster_id>
+  assemble     one join of the wide per-prompt rows with the langid and near-dedup outcomes -> kept prompts
+               and rejected representatives (the wide rows are cached once, by exact_dedup)
   write        upsert both tables on their keys and delete what an earlier run wrote that no longer holds
 
 Every outcome is a function of prompts_raw and the config alone, so a re-run writes nothing and a run on a
@@ -213,23 +216,34 @@ def _filters(ctx: Context, steps: _Steps, raw: DataFrame, n_raw: int) -> tuple[D
 def _exact_dedup(
     ctx: Context, steps: _Steps, rows: DataFrame, parent: DataFrame, n_in: int
 ) -> tuple[DataFrame, DataFrame, dict]:
-    """Survivors of `rows` -> (one row per prompt_id: representative raw row `rep`, group aggregates;
-    duplicates; stats). Releases `parent`, the persisted DataFrame under `rows`."""
+    """Survivors of `rows` -> (one row per prompt_id: normalized `text`, `raw_text` where the
+    representative's raw text differs, representative raw row `rep`, group aggregates; duplicates; stats).
+    Releases `parent`, the persisted DataFrame under `rows`."""
     cap = ctx.conf.curate.dedup.max_source_ids
     with steps.step("exact_dedup", n_in):
         survivors = rows.where(F.col("reason").isNull()).drop("reason", "template_count")
         order = Window.partitionBy("prompt_id").orderBy(*KEY)
         ranked, _ = steps.keep(survivors.withColumn("_rn", F.row_number().over(order)))
         steps.release(parent)
-        rep = F.struct(*_RAW, "norm_text", "n_chars", "template_id")
+        # The texts stay top-level columns: the in-memory cache reads columns, not struct fields, so the
+        # langid and near-dedup steps read the text without decoding the rest of the representative.
+        rep = F.struct(*[c for c in _RAW if c != "text"], "n_chars", "template_id")
         groups, n_groups = steps.keep(
-            ranked.groupBy("prompt_id").agg(
+            ranked.groupBy("prompt_id")
+            .agg(
                 F.count("*").cast("int").alias("dup_count"),
-                F.min_by(rep, F.col("_rn")).alias("rep"),
+                F.min_by(F.struct(F.coalesce("norm_text", "text").alias("text"), F.col("text").alias("raw"), rep.alias("rep")), F.col("_rn")).alias("r"),
                 F.slice(F.sort_array(F.collect_list(F.struct(*KEY))), 1, cap).alias("members"),
                 F.array_sort(F.array_distinct(F.flatten(F.collect_list("flags")))).alias("flags"),
                 F.bool_or(F.coalesce("moderation_flagged", F.lit(False))).alias("moderation_flagged"),
                 F.bool_or(F.coalesce("redacted", F.lit(False))).alias("redacted"),
+            )
+            .select(
+                "prompt_id",
+                F.col("r.text").alias("text"),
+                F.when(F.col("r.raw") != F.col("r.text"), F.col("r.raw")).alias("raw_text"),
+                F.col("r.rep").alias("rep"),
+                *["dup_count", "members", "flags", "moderation_flagged", "redacted"],
             )
         )
         dups, n_dups = steps.keep(
@@ -253,9 +267,10 @@ def _exact_dedup(
     return groups, dups, stats
 
 
-def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[DataFrame, DataFrame, int, dict]:
-    """-> (every prompt with its lang columns and lang_reason, rejected representatives, their count, stats).
-    Releases `groups`."""
+def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[DataFrame, int, dict]:
+    """-> (one narrow row per distinct prompt: prompt_id, text, dup_count, node, the LANG_DDL columns;
+    how many are rejected; stats). The wide rows of `groups` are not copied: the assemble step joins them
+    back once, with every step's outcome."""
     opts = lang_options(ctx.conf.curate)
 
     @F.pandas_udf(U.LANG_DDL)  # type: ignore[call-overload]
@@ -263,29 +278,26 @@ def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[
         return U.languages(text, opts)
 
     with steps.step("langid", n_in):
-        text = F.coalesce("rep.norm_text", "rep.text")
-        tagged, _ = steps.keep(groups.withColumn("l", languages(text)).select("*", "l.*").drop("l"))
-        steps.release(groups)
-        rejected, n_rejected = steps.keep(
-            _rejects(
-                tagged.where(F.col("lang_reason").isNotNull()).select("rep.*", "prompt_id", "lang", "lang_score", "lang_reason"),
-                F.col("lang_reason"),
-                _detail(prompt_id=F.col("prompt_id"), lang=F.col("lang"), lang_score=F.col("lang_score"), source_lang=F.col("source_lang")),
-            ),
-            cut=True,
+        # node: a long id for the near-dedup shuffles (a prompt_id is 32 characters); fixed by the persist.
+        langs, _ = steps.keep(
+            groups.select("prompt_id", "text", "dup_count", languages("text").alias("l")).select(
+                "prompt_id", "text", "dup_count", F.monotonically_increasing_id().alias("node"), "l.*"
+            )
         )
-    detected = {r["lang"]: r["count"] for r in tagged.groupBy("lang").count().collect()}
-    return tagged, rejected, n_rejected, {"detected": dict(sorted(detected.items()))}
+        counts = langs.groupBy("lang", F.col("lang_reason").isNotNull().alias("rejected")).count().collect()
+    detected: dict[str, int] = {}
+    for r in counts:
+        detected[r["lang"]] = detected.get(r["lang"], 0) + r["count"]
+    n_rejected = sum(r["count"] for r in counts if r["rejected"])
+    return langs, n_rejected, {"detected": dict(sorted(detected.items()))}
 
 
-def _near_dedup(ctx: Context, steps: _Steps, tagged: DataFrame, n_in: int) -> tuple[DataFrame, DataFrame | None, dict]:
-    """Selected prompts of `tagged` -> (kept prompts with cluster_id/cluster_size, near-duplicate
-    representatives rejected, stats)."""
+def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tuple[DataFrame | None, dict]:
+    """Selected prompts of `langs` -> (prompt_id, cluster_id, cluster_size) of every prompt in a cluster of
+    two or more (None when near dedup is off), stats."""
     n = ctx.conf.curate.near_dedup
-    selected = tagged.where(F.col("lang_reason").isNull()).drop("lang_reason")
     if not n.enabled:
-        kept = selected.withColumn("cluster_id", F.col("prompt_id")).withColumn("cluster_size", F.lit(1))
-        return kept, None, {"enabled": False}
+        return None, {"enabled": False}
     bands, rows = bands_rows(ctx.conf.curate)
     shingles = {"ngram": n.ngram, "char_ngram": n.char_ngram, "mode": n.shingle_mode}
     checkpoint = local_checkpoint
@@ -293,14 +305,9 @@ def _near_dedup(ctx: Context, steps: _Steps, tagged: DataFrame, n_in: int) -> tu
         ctx.spark.sparkContext.setCheckpointDir(n.checkpoint_dir)
         checkpoint = lambda df: df.checkpoint(eager=True)  # noqa: E731
     stats: dict = {"enabled": True, "bands": bands, "rows": rows, "threshold": n.threshold, "verify": n.verify}
+    nodes = langs.where(F.col("lang_reason").isNull())
 
     with steps.step("near_dedup", n_in):
-        # Dense long node ids keep the band, pair and component shuffles small (a prompt_id is 32 chars).
-        nodes, _ = steps.keep(
-            selected.select("prompt_id", F.coalesce("rep.norm_text", "rep.text").alias("text"), "dup_count").withColumn(
-                "node", F.monotonically_increasing_id()
-            )
-        )
         params = {"bands": bands, "rows": rows, "num_perm": n.num_perm, "seed": n.seed, **shingles, "id_col": "node"}
         if n.verify == "signature":
             sig_ddl = "node bigint, signature array<int>, band_keys array<bigint>"
@@ -335,47 +342,73 @@ def _near_dedup(ctx: Context, steps: _Steps, tagged: DataFrame, n_in: int) -> tu
         scored = pairs.join(a, "a").join(b, "b").select("a", "b", similar("va", "vb").alias("similarity"))
         edges, n_edges = steps.keep(scored.where(F.col("similarity") >= n.threshold).select("a", "b"), cut=True)
         stats.update(candidate_pairs=n_pairs, verified_pairs=n_edges, rounds=0)
-        clustered = selected.withColumn("cluster_id", F.lit(None).cast("string")).withColumn("cluster_size", F.lit(None).cast("int"))
+        schema = "prompt_id string, cluster_id string, cluster_size int"
+        clusters, n_clustered = ctx.spark.createDataFrame([], schema), 0
         if n_edges:
             labels, stats["rounds"] = connected_components(edges, max_iterations=n.max_iterations, checkpoint=checkpoint)
             # Representative: most raw copies, then the smallest prompt_id; its id names the cluster.
             members = labels.join(nodes.select("node", "prompt_id", "dup_count"), "node")
             best = Window.partitionBy("component").orderBy(F.desc("dup_count"), "prompt_id")
-            clusters = members.select(
-                "prompt_id",
-                F.first("prompt_id").over(best.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)).alias("cluster_id"),
-                F.count("*").over(Window.partitionBy("component")).cast("int").alias("cluster_size"),
+            clusters, n_clustered = steps.keep(
+                members.select(
+                    "prompt_id",
+                    F.first("prompt_id").over(best.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)).alias("cluster_id"),
+                    F.count("*").over(Window.partitionBy("component")).cast("int").alias("cluster_size"),
+                ),
+                cut=True,
             )
-            clustered = selected.join(F.broadcast(clusters) if n_edges < 100_000 else clusters, "prompt_id", "left")
-        clustered = clustered.withColumn("cluster_id", F.coalesce("cluster_id", "prompt_id")).withColumn(
-            "cluster_size", F.coalesce("cluster_size", F.lit(1))
+    sizes = clusters.where(F.col("cluster_id") == F.col("prompt_id")).select(F.col("cluster_size").alias("size"))
+    agg = sizes.agg(F.count("*"), F.max("size")).first()
+    capped = shared.where((F.col("rank") == 1) & (F.col("size") > n.max_bucket_pairs + 1)).count()
+    stats.update(
+        clusters=agg[0], clustered_prompts=n_clustered, largest_cluster=agg[1] or 1, removed=n_clustered - agg[0],
+        capped_buckets=capped, cluster_sizes=_histogram(sizes),
+    )  # fmt: skip
+    return clusters, stats
+
+
+def _assemble(
+    ctx: Context, steps: _Steps, groups: DataFrame, langs: DataFrame, clusters: DataFrame | None, n_in: int
+) -> tuple[DataFrame, int, DataFrame]:
+    """Every distinct prompt with its outcomes, in one join -> (kept prompts rows, their count, rejected representatives:
+    lang_* and near_duplicate_of:<cluster_id>), both checkpointed."""
+    with steps.step("assemble", n_in):
+        outcome = groups.join(langs.drop("text", "dup_count", "node"), "prompt_id")
+        if clusters is not None:
+            outcome = outcome.join(clusters, "prompt_id", "left")
+        else:
+            outcome = outcome.withColumn("cluster_id", F.lit(None).cast("string")).withColumn("cluster_size", F.lit(None).cast("int"))
+        selected = F.col("lang_reason").isNull()
+        outcome = outcome.withColumn("cluster_id", F.when(selected, F.coalesce("cluster_id", "prompt_id"))).withColumn(
+            "cluster_size", F.when(selected, F.coalesce("cluster_size", F.lit(1)))
         )
-        clustered, _ = steps.keep(clustered)
-        steps.release(tagged, nodes)
-        is_rep = F.col("cluster_id") == F.col("prompt_id")
-        rejected, n_rejected = steps.keep(
+        outcome, _ = steps.keep(outcome)
+        kept, n_kept = steps.keep(_prompts(outcome.where(F.col("cluster_id") == F.col("prompt_id")), ctx.run_id), cut=True)
+        near = ~selected | (F.col("cluster_id") != F.col("prompt_id"))
+        rep = outcome.where(near).select(
+            "rep.*", F.coalesce("raw_text", "text").alias("text"), "prompt_id", "lang", "lang_score", "lang_reason", "cluster_id", "cluster_size"
+        )
+        rejected, _ = steps.keep(
             _rejects(
-                clustered.where(~is_rep).select("rep.*", "prompt_id", "cluster_id", "cluster_size"),
-                F.concat(F.lit("near_duplicate_of:"), "cluster_id"),
-                _detail(prompt_id=F.col("prompt_id"), cluster_id=F.col("cluster_id"), cluster_size=F.col("cluster_size")),
+                rep,
+                F.coalesce("lang_reason", F.concat(F.lit("near_duplicate_of:"), "cluster_id")),
+                F.when(
+                    F.col("lang_reason").isNotNull(),
+                    _detail(prompt_id=F.col("prompt_id"), lang=F.col("lang"), lang_score=F.col("lang_score"), source_lang=F.col("source_lang")),
+                ).otherwise(
+                    _detail(prompt_id=F.col("prompt_id"), cluster_id=F.col("cluster_id"), cluster_size=F.col("cluster_size"))
+                ),
             ),
             cut=True,
         )
-        kept = clustered.where(is_rep)
-    sizes = kept.where(F.col("cluster_size") > 1).select(F.col("cluster_size").alias("size"))
-    agg = sizes.agg(F.count("*"), F.sum("size"), F.max("size")).first()
-    capped = shared.where((F.col("rank") == 1) & (F.col("size") > n.max_bucket_pairs + 1)).count()
-    stats.update(
-        clusters=agg[0], clustered_prompts=agg[1] or 0, largest_cluster=agg[2] or 1, removed=n_rejected,
-        capped_buckets=capped, cluster_sizes=_histogram(sizes),
-    )  # fmt: skip
-    return kept, rejected, stats
+        steps.release(outcome)
+    return kept, n_kept, rejected
 
 
 def _prompts(kept: DataFrame, run_id: str) -> DataFrame:
     return kept.select(
         "prompt_id",
-        F.coalesce("rep.norm_text", "rep.text").alias("text"),
+        "text",
         "lang",
         F.col("lang_score").cast("float").alias("lang_score"),
         "lang2",
@@ -408,15 +441,13 @@ def run(ctx: Context) -> StageResult:
         rows, parent, filtered, n_filtered, stats["filters"] = _filters(ctx, steps, raw, n_raw)
         groups, dups, stats["exact_dedup"] = _exact_dedup(ctx, steps, rows, parent, n_raw - n_filtered)
         n_groups = stats["exact_dedup"]["distinct_prompts"]
-        tagged, lang_rejected, n_lang, stats["langs"] = _langid(ctx, steps, groups, n_groups)
-        kept, near_rejected, stats["near_dedup"] = _near_dedup(ctx, steps, tagged, n_groups - n_lang)
+        langs, n_lang, stats["langs"] = _langid(ctx, steps, groups, n_groups)
+        clusters, stats["near_dedup"] = _near_dedup(ctx, steps, langs, n_groups - n_lang)
+        prompts, n_kept, outcome_rejected = _assemble(ctx, steps, groups, langs, clusters, n_groups)
 
         with steps.step("write", n_raw):
-            prompts, n_kept = steps.keep(_prompts(kept, ctx.run_id), cut=True)
             steps.release_all()
-            rejected = filtered.unionByName(dups).unionByName(lang_rejected)
-            if near_rejected is not None:
-                rejected = rejected.unionByName(near_rejected)
+            rejected = filtered.unionByName(dups).unionByName(outcome_rejected)
             rejected = rejected.withColumn("run_id", F.lit(ctx.run_id)).withColumn("created_at", F.current_timestamp())
             rejected, n_rejected = steps.keep(rejected.coalesce(ctx.conf.spark.shuffle_partitions), cut=True)
             if n_raw != n_kept + n_rejected:  # every raw row has exactly one outcome; anything else is a bug

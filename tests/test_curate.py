@@ -200,7 +200,7 @@ def test_every_raw_row_has_exactly_one_outcome(main, data):
     assert (run.status, run.rows_in, run.rows_out, run.rows_rejected) == ("succeeded", n, len(prompts), len(rejected))
     stats = json.loads(run.stats)
     assert sum(stats["rejected_by_reason"].values()) == len(rejected)
-    assert set(stats["steps"]) == {"read", "filters", "exact_dedup", "langid", "near_dedup", "write"}
+    assert set(stats["steps"]) == {"read", "filters", "exact_dedup", "langid", "near_dedup", "assemble", "write"}
     assert all(isinstance(v, float) and v > 0 for v in stats["steps"].values())
     assert stats["step_rows"]["filters"] == n
 
