@@ -96,7 +96,7 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
         .filter((F.col("model") == model.name) & F.col("gen_config_id").isin(list(gids.values())))
         .select("prompt_id", "gen_config_id")
     )
-    errors = prior_errors(ctx.store, model.name, list(gids.values()))
+    errors = prior_errors(ctx.store, task, list(gids.values()))
     stats, counts = job.run_pending(selected.withColumn("gen_config_id", gid), answered, errors)
     stats.update(
         model=model.name,

@@ -79,7 +79,7 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
         .filter((F.col("judge_model") == task.model) & (F.col("gen_config_id") == gid))
         .select(F.col("response_id").alias("prompt_id"))
     )
-    stats, counts = job.run_pending(selected, done, prior_errors(ctx.store, task.model, [gid]))
+    stats, counts = job.run_pending(selected, done, prior_errors(ctx.store, task, [gid]))
     written = (
         ctx.store.read("judgements")
         .filter((F.col("run_id") == ctx.run_id) & (F.col("gen_config_id") == gid))

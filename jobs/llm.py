@@ -405,16 +405,19 @@ def sample(df: DataFrame, langs: list[str], fraction: float, limit: int | None, 
     return df
 
 
-def prior_errors(store: TableStore, model: str, gen_config_ids: list[str]) -> DataFrame:
-    """Per (prompt_id, task): attempts so far and whether an error was permanent (prompt too long)."""
+def prior_errors(store: TableStore, task: G.LLMTask, gen_config_ids: list[str]) -> DataFrame:
+    """Per (prompt_id, task): attempts so far and whether an error is permanent for this run: a prompt too
+    long for the context it failed in, unless the task's configured max_model_len is larger than that."""
+    too_long = F.col("error_class") == PROMPT_TOO_LONG
+    context = task.engine["engine_args"].get("max_model_len")
+    if context is not None:
+        # Rows written before the column existed have no max_model_len: still permanent.
+        too_long &= F.coalesce(F.col("max_model_len") >= F.lit(int(context)), F.lit(True))
     return (
         store.read(ERRORS)
-        .filter((F.col("model") == model) & F.col("gen_config_id").isin(gen_config_ids))
+        .filter((F.col("model") == task.model) & F.col("gen_config_id").isin(gen_config_ids))
         .groupBy("prompt_id", "task")
-        .agg(
-            F.max("attempt").alias("prev_attempts"),
-            F.max((F.col("error_class") == PROMPT_TOO_LONG).cast("int")).alias("permanent"),
-        )
+        .agg(F.max("attempt").alias("prev_attempts"), F.max(too_long.cast("int")).alias("permanent"))
     )
 
 

@@ -167,6 +167,7 @@ class TableStore:
         if backend not in ("spark", "rs"):
             raise ValueError(f"unknown delta backend {backend!r}")
         self.spark, self.conf, self.backend = spark, conf, backend
+        self._current: set[str] = set()  # tables created or brought up to their contract by this store
         if backend == "rs" and conf.tables.catalog:
             raise ValueError("tables.catalog names metastore tables, which need delta.backend=spark")
 
@@ -206,18 +207,37 @@ class TableStore:
         return DeltaTable.isDeltaTable(self.spark, loc)
 
     def create(self, name: str) -> None:
-        """Create the table with its contract schema if it does not exist (idempotent)."""
+        """Create the table with its contract schema if it does not exist, or add the contract's columns an
+        older table lacks (nullable, so old rows read as null); idempotent, checked once per store."""
+        if name in self._current:
+            return
         schema = SCHEMAS[name]
         if self.backend == "rs":
             from deltalake import DeltaTable
+            from deltalake.schema import Schema
 
-            DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=self.conf.delta.storage_options or None)
-            return
-        from delta.tables import DeltaTable
+            opts = self.conf.delta.storage_options or None
+            DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=opts)
+            table = DeltaTable(self.location(name), storage_options=opts)
+            have = {f.name for f in table.schema().fields}
+            missing = [f for f in schema.fields if f.name not in have]
+            if missing:
+                table.alter.add_columns(Schema.from_arrow(arrow_schema(StructType(missing))).fields)
+        else:
+            from delta.tables import DeltaTable
 
-        builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
-        loc = self.location(name)
-        (builder.tableName(loc) if self.conf.tables.catalog else builder.location(loc)).execute()
+            builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
+            loc = self.location(name)
+            (builder.tableName(loc) if self.conf.tables.catalog else builder.location(loc)).execute()
+            have = set(self._delta_table(name).toDF().columns)
+            missing = [f for f in schema.fields if f.name not in have]
+            if missing:
+                target = loc if self.conf.tables.catalog else f"delta.`{loc}`"
+                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+                self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({columns})")
+        if missing:
+            log.warning("table %s: added columns %s (the table predates them)", name, [f.name for f in missing])
+        self._current.add(name)
 
     # ---- reads --------------------------------------------------------------------------------------
     def read(self, name: str) -> DataFrame:

@@ -72,9 +72,11 @@ SCHEMAS: dict[str, T.StructType] = {
         prompt_tokens INT, completion_tokens INT, latency_s DOUBLE, engine STRING, engine_version STRING,
         run_id STRING, created_at TIMESTAMP"""
     ),
+    # max_model_len: the engine's context length when the request failed; a prompt_too_long is given up
+    # until a run's configured max_model_len exceeds it.
     "generation_errors": ddl(
         """prompt_id STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING NOT NULL, task STRING NOT NULL,
-        error_class STRING, message STRING, attempt INT, run_id STRING, created_at TIMESTAMP"""
+        error_class STRING, message STRING, max_model_len INT, attempt INT, run_id STRING, created_at TIMESTAMP"""
     ),
     # One row per response and judge model (the latest judge config); score 0-10, null when the judge's
     # output (`rationale`) holds no parseable [[score]]. Judge failures: generation_errors rows of task

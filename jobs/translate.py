@@ -58,7 +58,7 @@ def run(ctx: Context) -> StageResult:
         .filter((F.col("target_lang") == conf.target_lang) & (F.col("model") == model.name) & (F.col("gen_config_id") == gid))
         .select("prompt_id")
     )
-    stats, counts = job.run_pending(selected, done, prior_errors(ctx.store, model.name, [gid]))
+    stats, counts = job.run_pending(selected, done, prior_errors(ctx.store, task, [gid]))
     stats.update(model=model.name, target_lang=conf.target_lang, gen_config_id=gid, recovered=recovered)
     log.info(
         "translate -> %s: %d selected, %d already translated; %d translations, %d errors",

@@ -160,6 +160,20 @@ def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts
     assert again.rows_out == 2 and set(responses(ctx).prompt_id) == set(ids) - {huge_id}
 
 
+def test_prompt_too_long_is_retried_once_max_model_len_is_raised(make_ctx, prompts):
+    long_text = "word " * 250  # about 750 tokens: over a 512 context, within the model's 2048
+    (pid,) = seed_prompts(make_ctx(), [(long_text, "en")])
+    small = ("generate.tasks=1", "generate.engine_args.max_model_len=512")
+    first = run_stage(make_ctx(*small), "generate")
+    errors = make_ctx().store.read("generation_errors").toPandas()
+    assert first.rows_out == 0 and errors.set_index("prompt_id").loc[pid, "max_model_len"] == 512
+    assert run_stage(make_ctx(*small), "generate").stats["given_up"] == 1  # the same context: it cannot fit
+
+    raised = run_stage(make_ctx("generate.tasks=1", "generate.engine_args.max_model_len=2048"), "generate")
+    assert raised.stats["given_up"] == 0 and raised.rows_out == 2
+    assert set(responses(make_ctx()).prompt_id) == {pid}
+
+
 def test_translate_to_japanese_then_answer_the_translations(make_ctx, prompts):
     ctx = make_ctx("translate.langs=[en]", "translate.tasks=2", "translate.target_lang=ja")
     ids = seed_prompts(ctx, prompts[:5] + prompts[-2:])  # 5 en, 2 ja (left alone: already Japanese)

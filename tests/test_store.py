@@ -141,3 +141,23 @@ def test_merge_repeated_with_the_same_run_id_commits_what_is_missing(ctx_factory
     result = ctx.store.merge(frame(ctx.spark, raw_rows(80)), "prompts_raw", run_id="r1", stage="t")
     assert (result.inserted, result.updated) == (30, 0)
     assert ctx.store.read("prompts_raw").count() == 80
+
+
+def test_a_table_that_predates_a_contract_column_gets_it(ctx_factory, monkeypatch):
+    from instructlake.jobs import store as store_module
+    from instructlake.jobs.tables import ddl
+
+    ctx = ctx_factory()
+    old = ddl("""prompt_id STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING NOT NULL, task STRING NOT NULL,
+        error_class STRING, message STRING, attempt INT, run_id STRING, created_at TIMESTAMP""")
+    monkeypatch.setitem(store_module.SCHEMAS, "generation_errors", old)
+    row = dict(prompt_id="p1", model="m", gen_config_id="g", task="respond", error_class="E", message="x", attempt=1, run_id="r1", created_at=NOW)
+    ctx.store.append(ctx.spark.createDataFrame([row], old), "generation_errors", run_id="r1", stage="t")
+    monkeypatch.undo()
+
+    store = ctx_factory().store  # a new store (a new run of the upgraded code) on the same lake
+    new = ctx.spark.createDataFrame([dict(row, prompt_id="p2", max_model_len=512, run_id="r2")], SCHEMAS["generation_errors"])
+    store.append(new, "generation_errors", run_id="r2", stage="t")
+    got = {r.prompt_id: r.max_model_len for r in store.read("generation_errors").collect()}
+    assert got == {"p1": None, "p2": 512}
+    assert "max_model_len" in [f.name for f in store.rs_table("generation_errors")._table().schema().fields]

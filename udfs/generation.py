@@ -144,7 +144,7 @@ def requests_for(task: LLMTask, frame: pd.DataFrame) -> list[E.Request]:
 
 
 def rows_for(
-    task: LLMTask, frame: pd.DataFrame, results: Sequence[E.Result], engine_version: str
+    task: LLMTask, frame: pd.DataFrame, results: Sequence[E.Result], engine_version: str, max_model_len: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Table rows for one chunk: responses (or translations, or judgements) and generation_errors."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -160,7 +160,8 @@ def rows_for(
             out["generation_errors"].append(
                 dict(
                     prompt_id=row.prompt_id, model=task.model, gen_config_id=gid, task=row.task,
-                    error_class=res.error_class, message=(res.error or "")[:4000], attempt=int(row.attempt),
+                    error_class=res.error_class, message=(res.error or "")[:4000], max_model_len=max_model_len,
+                    attempt=int(row.attempt),
                     run_id=task.run_id, created_at=now,
                 )
             )  # fmt: skip
@@ -309,7 +310,7 @@ def run_partition(
                 for b in range(0, len(requests), task.batch_size):
                     results += engine.generate(requests[b : b + task.batch_size])
                 gen_s = time.perf_counter() - t0
-                rows = rows_for(task, part, results, engine.version)
+                rows = rows_for(task, part, results, engine.version, engine.max_model_len)
                 main = rows[task.table]
                 ok = [r for r in results if not r.error_class]
                 classes: dict[str, int] = {}
