@@ -292,12 +292,13 @@ def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[
     return langs, n_rejected, {"detected": dict(sorted(detected.items()))}
 
 
-def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tuple[DataFrame | None, dict]:
+def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tuple[DataFrame, dict]:
     """Selected prompts of `langs` -> (prompt_id, cluster_id, cluster_size) of every prompt in a cluster of
-    two or more (None when near dedup is off), stats."""
+    two or more, stats."""
     n = ctx.conf.curate.near_dedup
+    none = ctx.spark.createDataFrame([], "prompt_id string, cluster_id string, cluster_size int")
     if not n.enabled:
-        return None, {"enabled": False}
+        return none, {"enabled": False}
     bands, rows = bands_rows(ctx.conf.curate)
     shingles = {"ngram": n.ngram, "char_ngram": n.char_ngram, "mode": n.shingle_mode}
     checkpoint = local_checkpoint
@@ -342,8 +343,7 @@ def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tup
         scored = pairs.join(a, "a").join(b, "b").select("a", "b", similar("va", "vb").alias("similarity"))
         edges, n_edges = steps.keep(scored.where(F.col("similarity") >= n.threshold).select("a", "b"), cut=True)
         stats.update(candidate_pairs=n_pairs, verified_pairs=n_edges, rounds=0)
-        schema = "prompt_id string, cluster_id string, cluster_size int"
-        clusters, n_clustered = ctx.spark.createDataFrame([], schema), 0
+        clusters, n_clustered = none, 0
         if n_edges:
             labels, stats["rounds"] = connected_components(edges, max_iterations=n.max_iterations, checkpoint=checkpoint)
             # Representative: most raw copies, then the smallest prompt_id; its id names the cluster.
@@ -368,29 +368,25 @@ def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tup
 
 
 def _assemble(
-    ctx: Context, steps: _Steps, groups: DataFrame, langs: DataFrame, clusters: DataFrame | None, n_in: int
+    ctx: Context, steps: _Steps, groups: DataFrame, langs: DataFrame, clusters: DataFrame, n_in: int
 ) -> tuple[DataFrame, int, DataFrame]:
     """Every distinct prompt with its outcomes, in one join -> (kept prompts rows, their count, rejected representatives:
     lang_* and near_duplicate_of:<cluster_id>), both checkpointed."""
     with steps.step("assemble", n_in):
-        outcome = groups.join(langs.drop("text", "dup_count", "node"), "prompt_id")
-        if clusters is not None:
-            outcome = outcome.join(clusters, "prompt_id", "left")
-        else:
-            outcome = outcome.withColumn("cluster_id", F.lit(None).cast("string")).withColumn("cluster_size", F.lit(None).cast("int"))
+        outcome = groups.join(langs.drop("text", "dup_count", "node"), "prompt_id").join(clusters, "prompt_id", "left")
         selected = F.col("lang_reason").isNull()
         outcome = outcome.withColumn("cluster_id", F.when(selected, F.coalesce("cluster_id", "prompt_id"))).withColumn(
             "cluster_size", F.when(selected, F.coalesce("cluster_size", F.lit(1)))
         )
         outcome, _ = steps.keep(outcome)
         kept, n_kept = steps.keep(_prompts(outcome.where(F.col("cluster_id") == F.col("prompt_id")), ctx.run_id), cut=True)
-        near = ~selected | (F.col("cluster_id") != F.col("prompt_id"))
-        rep = outcome.where(near).select(
+        removed = ~selected | (F.col("cluster_id") != F.col("prompt_id"))
+        reps = outcome.where(removed).select(
             "rep.*", F.coalesce("raw_text", "text").alias("text"), "prompt_id", "lang", "lang_score", "lang_reason", "cluster_id", "cluster_size"
         )
         rejected, _ = steps.keep(
             _rejects(
-                rep,
+                reps,
                 F.coalesce("lang_reason", F.concat(F.lit("near_duplicate_of:"), "cluster_id")),
                 F.when(
                     F.col("lang_reason").isNotNull(),
