@@ -203,6 +203,25 @@ class ReportConf(_Section):
     top_n: int = Field(ge=1)
 
 
+class MaintainConf(_Section):
+    tables: list[str]
+    compact: bool
+    target_file_mb: int = Field(ge=1)
+    vacuum: bool
+    retention_hours: int = Field(ge=0)
+    staging: bool
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, v: list[str]) -> list[str]:
+        from instructlake.jobs.tables import SCHEMAS
+
+        unknown = [t for t in v if t not in SCHEMAS]
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; known: {sorted(SCHEMAS)}")
+        return v
+
+
 class SamplingOverrides(_Section):
     """null: the model file's value."""
 
@@ -290,6 +309,7 @@ class Config(_Section):
     quality: QualityConf
     export: ExportConf
     report: ReportConf
+    maintain: MaintainConf
     pipeline: PipelineConf
 
     @field_validator("pipeline")

@@ -49,6 +49,7 @@ from instructlake.udfs.text import prompt_id
 log = logging.getLogger(__name__)
 
 ERRORS = "generation_errors"
+TMP_PREFIX = ".tmp-"  # staged files being written; hidden from staged_files
 
 
 # ---- model files ---------------------------------------------------------------------------------------
@@ -314,11 +315,26 @@ def stage_file(fs: Any, path: str, data: pa.Table) -> None:
     parent, name = path.rsplit("/", 1)
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem) or type(fs).__name__ == "HadoopFileSystem":
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"
+        tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
         pq.write_table(data, tmp, filesystem=fs)
         fs.move(tmp, path)
     else:
         pq.write_table(data, path, filesystem=fs)
+
+
+def remove_stale_temps(root: str, older_than_s: float) -> int:
+    """Delete `stage_file` temp files under `root` older than older_than_s (left by tasks killed between
+    the write and the rename); returns how many. Younger ones may belong to a task still writing."""
+    from pyarrow import fs as pafs
+
+    fs, base = _filesystem(root)
+    cutoff_ns = (time.time() - older_than_s) * 1e9
+    removed = 0
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.base_name.startswith(TMP_PREFIX) and (info.mtime_ns or cutoff_ns) < cutoff_ns:
+            fs.delete_file(info.path)
+            removed += 1
+    return removed
 
 
 def staged_files(root: str, name: str) -> list[str]:

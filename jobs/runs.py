@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "quality": "instructlake.jobs.quality",
     "export": "instructlake.jobs.export",
     "report": "instructlake.jobs.report",
+    "maintain": "instructlake.jobs.maintain",
 }
 
 

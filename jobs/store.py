@@ -270,6 +270,56 @@ class TableStore:
         rows = self._delta_table(name).history().select("version", "timestamp", "operation", "operationParameters").collect()
         return [{"version": r[0], "timestamp": r[1], "operation": r[2], "parameters": r[3]} for r in rows]
 
+    # ---- upkeep -------------------------------------------------------------------------------------
+    def file_stats(self, name: str) -> dict[str, int]:
+        """Data files, bytes and rows of the current version (from the log: no data is read on delta-rs)."""
+        if self.backend == "rs":
+            import pyarrow.compute as pc
+
+            adds = pa.table(self.rs_table(name)._table().get_add_actions(flatten=True))
+            rows = pc.sum(adds["num_records"]).as_py() if adds.num_rows else 0
+            if adds.num_rows and adds["num_records"].null_count:  # a file without stats: count the rows
+                rows = self.read(name).count()
+            return {"files": adds.num_rows, "bytes": pc.sum(adds["size_bytes"]).as_py() or 0, "rows": rows or 0}
+        detail = self._delta_table(name).detail().select("numFiles", "sizeInBytes").first()
+        return {"files": detail[0], "bytes": detail[1], "rows": self.read(name).count()}
+
+    def compact(self, name: str, target_bytes: int, *, run_id: str, stage: str) -> dict[str, int]:
+        """Rewrite the table's small files into files of about target_bytes (OPTIMIZE): one commit, the same
+        rows; older versions stay readable until vacuumed."""
+        if self.backend == "rs":
+            from deltalake import CommitProperties
+
+            props = CommitProperties(custom_metadata={"instructlake.run_id": run_id, "instructlake.stage": stage})
+            m = self.rs_table(name)._table().optimize.compact(target_size=target_bytes, commit_properties=props)
+            return {"files_removed": int(m["numFilesRemoved"]), "files_added": int(m["numFilesAdded"])}
+        self.spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(target_bytes))
+        m = self._delta_table(name).optimize().executeCompaction().select("metrics.numFilesRemoved", "metrics.numFilesAdded").first()
+        return {"files_removed": int(m[0] or 0), "files_added": int(m[1] or 0)}
+
+    def vacuum(self, name: str, retention_hours: int) -> int | None:
+        """Delete data files that no version within retention_hours references, including files that killed
+        writers left without a commit; returns how many (None where Delta did not log it). Under Delta's
+        168 h default its safety check is turned off for this call only: readers or writers still on an
+        older version would lose files."""
+        enforce = retention_hours >= 168
+        if self.backend == "rs":
+            table = self.rs_table(name)._table()
+            # full: also files no commit ever referenced (the log-only mode sees only removed files).
+            return len(table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=enforce, full=True))
+        key = "spark.databricks.delta.retentionDurationCheck.enabled"
+        previous = self.spark.conf.get(key, "true")
+        self.spark.conf.set(key, str(enforce).lower())
+        try:
+            table = self._delta_table(name)
+            table.vacuum(retention_hours)
+        finally:
+            self.spark.conf.set(key, previous)
+        last = table.history(1).select("operation", "operationMetrics").first()
+        if last and last[0] == "VACUUM END" and last[1] and "numDeletedFiles" in last[1]:
+            return int(last[1]["numDeletedFiles"])
+        return None
+
     # ---- writes -------------------------------------------------------------------------------------
     def append(self, df: DataFrame, name: str, *, run_id: str, stage: str, chunk: str = "0") -> int:
         """Append df; idempotent per (table, stage, run, chunk[, partition]). Returns rows written."""

@@ -25,7 +25,7 @@ NOTEBOOKS = REPO / "notebooks"
 MODELS = REPO / "conf" / "models"
 BUNDLE = DEPLOY / "databricks"
 IMAGE_SRC = "/opt/instructlake/src/"  # where deploy/Dockerfile puts the repository
-PIPELINE = ["ingest", "curate", "generate", "quality", "export", "report"]  # the bundle job's tasks
+PIPELINE = ["ingest", "curate", "generate", "quality", "export", "report", "maintain"]  # the bundle job's tasks
 ENV_VARS = [
     "INSTRUCTLAKE_LAKE_ROOT", "INSTRUCTLAKE_INPUT", "INSTRUCTLAKE_SCRATCH", "INSTRUCTLAKE_CLUSTER_PYTHON",
     "INSTRUCTLAKE_CATALOG", "INSTRUCTLAKE_SCHEMA",
@@ -210,7 +210,7 @@ def test_notebook_is_databricks_source_and_compiles(path):
     compile(stripped, str(path), "exec")
 
 
-@pytest.mark.parametrize("stage", ["ingest", "curate", "translate", "generate", "judge", "quality", "export", "report"])
+@pytest.mark.parametrize("stage", ["ingest", "curate", "translate", "generate", "judge", "quality", "export", "report", "maintain"])
 def test_stage_notebook_runs_its_stage_with_the_databricks_conf(clean_env, stage):
     (path,) = NOTEBOOKS.glob(f"*_{stage}.py")
     text = path.read_text(encoding="utf-8")

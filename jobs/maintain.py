@@ -1,0 +1,50 @@
+"""Maintain: table upkeep after the writers. Chunked, exactly-once commits from many tasks leave many small
+files; this stage compacts them (OPTIMIZE) and vacuums files that no version within the retention window
+needs, including data files of killed writers that no commit references, and staged-commit temp files of
+killed tasks.
+
+Each table's row count is taken from the log before and after compaction and must not change; the run
+record holds, per table, files and bytes before and after, files rewritten, and files vacuumed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from instructlake.jobs.llm import remove_stale_temps, staging_root
+from instructlake.jobs.runs import Context, StageResult
+from instructlake.jobs.tables import SCHEMAS
+
+log = logging.getLogger(__name__)
+
+STAGE = "maintain"
+
+
+def run(ctx: Context) -> StageResult:
+    c, store = ctx.conf.maintain, ctx.store
+    listed = c.tables or list(SCHEMAS)
+    names = [n for n in listed if store.exists(n)]
+    stats: dict = {"tables": {}, "absent": [n for n in listed if n not in names]}
+    rows_in = rows_out = 0
+    for name in names:
+        before = store.file_stats(name)
+        entry: dict = {"before": before}
+        if c.compact:
+            entry["compacted"] = store.compact(name, c.target_file_mb * 2**20, run_id=ctx.run_id, stage=STAGE)
+        if c.vacuum:
+            entry["vacuumed_files"] = store.vacuum(name, c.retention_hours)
+        entry["after"] = after = store.file_stats(name)
+        if after["rows"] != before["rows"]:  # compaction rewrites files, never rows; anything else is a bug
+            raise AssertionError(f"maintain changed {name}: {before['rows']} rows before, {after['rows']} after")
+        rows_in, rows_out = rows_in + before["rows"], rows_out + after["rows"]
+        stats["tables"][name] = entry
+        log.info("maintain %s: %d -> %d files, %s vacuumed", name, before["files"], after["files"], entry.get("vacuumed_files"))
+    if c.staging:
+        roots = set()
+        for llm in (ctx.conf.translate, ctx.conf.generate, ctx.conf.judge):
+            try:
+                roots.add(staging_root(ctx.conf, llm))
+            except ValueError:  # a catalog without a staging_dir: staged commits cannot have run
+                continue
+        stats["staging_temps_removed"] = sum(remove_stale_temps(r, c.retention_hours * 3600) for r in sorted(roots))
+    return StageResult(stage=STAGE, rows_in=rows_in, rows_out=rows_out, rows_rejected=0, stats=stats, tables=names)
