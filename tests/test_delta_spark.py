@@ -52,6 +52,11 @@ out["version_unchanged"] = ctx.store.version("prompts_raw") == v
 out["count"] = ctx.store.read("prompts_raw").count()
 r1 = run_stage(ctx, "ingest"); r2 = run_stage(Context.create(conf, spark=ctx.spark), "ingest")
 out["ingest"] = [r1.rows_in, r1.rows_out, r2.stats["prompts_raw"]["inserted"]]
+for i in range(3):  # more small files, then compaction and a vacuum of what no version needs
+    ctx.store.append(df.limit(10 * (i + 1)), "prompts_raw", run_id="r3", stage="t", chunk=str(i))
+mconf = conf.model_copy(update={"maintain": conf.maintain.model_copy(update={"tables": ["prompts_raw"], "retention_hours": 0})})
+m = run_stage(Context.create(mconf, spark=ctx.spark), "maintain").stats["tables"]["prompts_raw"]
+out["maintain"] = [m["before"]["rows"], m["after"]["rows"], m["before"]["files"] > m["after"]["files"], m["after"]["files"]]
 print("RESULT " + json.dumps(out))
 """
 
@@ -70,3 +75,4 @@ def test_delta_spark_backend_matches_contract(tmp_path, shared_data):
     assert out["merge_again"] == [0, 0] and out["version_unchanged"]
     assert out["count"] == 200
     assert out["ingest"] == [175, 175, 0]
+    assert out["maintain"] == [435, 435, True, 1]  # 200 + 175 + 10 + 20 + 30 rows, in one file after compaction
