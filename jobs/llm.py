@@ -437,6 +437,23 @@ def prior_errors(store: TableStore, task: G.LLMTask, gen_config_ids: list[str]) 
     )
 
 
+def error_status(store: TableStore) -> DataFrame:
+    """generation_errors with `resolved`: a later run produced the output the failed request was for (its
+    prompt, model and gen_config_id have a response, translation or judgement). The error row stays as
+    the history of that request."""
+    outputs = [
+        (t, store.read(t).select("prompt_id", "model", "gen_config_id")) for t in ("responses", "translations") if store.exists(t)
+    ]
+    if store.exists("judgements"):
+        outputs.append(("judgements", store.read("judgements").select(F.col("response_id").alias("prompt_id"), F.col("judge_model").alias("model"), "gen_config_id")))
+    errors = store.read(ERRORS)
+    if not outputs:
+        return errors.withColumn("resolved", F.lit(False))
+    done = functools.reduce(DataFrame.unionByName, [df for _, df in outputs]).distinct().withColumn("resolved", F.lit(True))
+    keys = ["prompt_id", "model", "gen_config_id"]
+    return errors.join(done, keys, "left").withColumn("resolved", F.coalesce("resolved", F.lit(False)))
+
+
 def triage(
     selected: DataFrame, done: DataFrame, errors: DataFrame, max_attempts: int
 ) -> tuple[DataFrame, dict[str, int]]:

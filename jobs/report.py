@@ -16,6 +16,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from instructlake.jobs.llm import error_status
 from instructlake.jobs.runs import Context, StageResult, utcnow
 
 
@@ -104,7 +105,10 @@ def build(ctx: Context) -> tuple[str, dict[str, int]]:
         sample = responses.select("prompt_text", "text", "model", "finish_reason").orderBy("response_id")
         parts.append(_table(_rows(sample, 5), "Sample responses"))
     if "generation_errors" in present and counts.get("generation_errors"):
-        parts.append(_table(_rows(store.read("generation_errors").groupBy("error_class").count().orderBy(F.desc("count"))), "Generation errors"))
+        errors = error_status(store).groupBy("error_class").agg(
+            F.sum((~F.col("resolved")).cast("int")).alias("failing"), F.sum(F.col("resolved").cast("int")).alias("resolved_by_retry")
+        )
+        parts.append(_table(_rows(errors.orderBy(F.desc("failing"), "error_class")), "Generation errors (failing now, or answered by a later run)"))
 
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>instructlake report {html.escape(ctx.run_id)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}

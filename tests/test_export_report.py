@@ -1,6 +1,7 @@
 """Export and report over real Delta tables. The responses are written straight into the table (the
 generate stage's own tests cover producing them); texts are real prompts from ../shared/data."""
 
+import datetime as dt
 import gzip
 import json
 
@@ -64,10 +65,19 @@ def test_export_first_ok_parquet_without_system(ctx_with_responses, tmp_path):
 
 
 def test_report_describes_the_lake(ctx_with_responses, tmp_path):
-    ctx, _, _ = ctx_with_responses()
+    ctx, en, _ = ctx_with_responses()
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    errors = [  # a request a later run answered (en[0] has responses), and one still failing
+        dict(prompt_id=prompt_id(en[0]), model="m", gen_config_id="g", task="respond", error_class="Timeout", message="t",
+             max_model_len=2048, attempt=1, run_id="r0", created_at=now),
+        dict(prompt_id="p-unanswered", model="m", gen_config_id="g", task="respond", error_class="Timeout", message="t",
+             max_model_len=2048, attempt=2, run_id="r0", created_at=now),
+    ]  # fmt: skip
+    ctx.store.append(ctx.spark.createDataFrame(errors, SCHEMAS["generation_errors"]), "generation_errors", run_id="r0", stage="t")
     result = run_stage(ctx, "report")
     page = (tmp_path / "reports" / "index.html").read_text()
     assert result.stats["tables"]["responses"] == 20
     assert "Responses per model, task and language" in page and "Finish reasons" in page
     assert page.count("<img") >= 2  # finish reasons, completion tokens
     assert "<b>to</b>" not in page and "&lt;b&gt;to&lt;/b&gt;" in page  # texts are escaped
+    assert "<tr><th>error_class</th><th>failing</th><th>resolved_by_retry</th></tr><tr><td>Timeout</td><td>1</td><td>1</td></tr>" in page

@@ -158,6 +158,8 @@ def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts
     again = run_stage(make_ctx("generate.tasks=2"), "generate")
     assert again.rows_in == 7 and again.stats["given_up"] == 1 and again.stats["done_before"] == 5
     assert again.rows_out == 2 and set(responses(ctx).prompt_id) == set(ids) - {huge_id}
+    status = llm.error_status(ctx.store).toPandas().set_index("prompt_id")["resolved"].to_dict()
+    assert status == {bad: True, huge_id: False}  # the retried request was answered; its error row is history
 
 
 def test_prompt_too_long_is_retried_once_max_model_len_is_raised(make_ctx, prompts):
