@@ -279,7 +279,7 @@ def test_staged_chunks_of_a_crashed_driver_are_recovered_by_the_next_run(make_ct
         dict(prompt_id=ids[:2], origin_prompt_id=ids[:2], task="respond", lang="en", text=["x", "y"], attempt=1)
     )
     fake = [G.E.Result(p, ["a", "b"], ["stop", "stop"], 3, [1, 1], 0.1) for p in ids[:2]]
-    sink.commit("0-0", G.rows_for(task, frame, fake, "vllm-test"))
+    sink.commit("0-0", G.rows_for(task, frame, fake, "vllm-test", 2048))
     result = run_stage(ctx, "generate")
     assert result.stats["recovered"]["responses"]["inserted"] == 4
     assert result.stats["done_before"] == 2 and result.rows_out == 4  # only the other two prompts ran

@@ -195,7 +195,7 @@ def test_judge_rows_parse_scores_and_keep_unparseable_judgements():
     outputs = ["Correct and concise. Rating: [[9]]", 'Wrong. Format: "Rating: [[5]]". Mine: [[1.5]]', "Fine, I guess. 7/10"]
     results = [G.E.Result(k, [t], ["stop"], 200, [12], 0.1) for k, t in zip(["r1", "r2", "r3"], outputs)]
     results.append(G.E.Result.failed("r4", "InjectedFault", "boom"))
-    rows = G.rows_for(task, frame, results, "vllm-x")
+    rows = G.rows_for(task, frame, results, "vllm-x", 4096)
     assert set(rows) == {"judgements", "generation_errors"} and task.table == "judgements"
     got = {r["response_id"]: r for r in rows["judgements"]}
     assert [got[k]["score"] for k in ("r1", "r2", "r3")] == [9.0, 1.5, None]
@@ -204,6 +204,7 @@ def test_judge_rows_parse_scores_and_keep_unparseable_judgements():
     assert got["r1"]["gen_config_id"] == task.config_id("judge") and got["r1"]["completion_tokens"] == 12
     [err] = rows["generation_errors"]
     assert (err["prompt_id"], err["task"], err["model"], err["error_class"]) == ("r4", "judge", "judge-m", "InjectedFault")
+    assert err["max_model_len"] == 4096 and set(err) == set(SCHEMAS["generation_errors"].fieldNames())
     assert set(rows["judgements"][0]) == set(SCHEMAS["judgements"].fieldNames())
 
 
