@@ -33,6 +33,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/generate_bench.py
 	$(PY) benchmarks/curate_bench.py --n 100000
+	$(PY) benchmarks/maintain_bench.py
 
 clean:
 	rm -rf lake .scratch build dist *.egg-info
