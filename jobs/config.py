@@ -291,6 +291,17 @@ class JudgeConf(LLMStageConf):
     system_prompt: str | None
 
 
+class ReverseConf(LLMStageConf):
+    sources: list[str]
+    passage_template: str | None
+    instruct_template: str | None
+    score_template: str | None
+    score_system_prompt: str | None
+    back_template: str | None
+    min_score: float | None = Field(ge=0, le=10)
+    finish_reasons: list[str]
+
+
 class PipelineConf(_Section):
     stages: list[str]
 
@@ -306,6 +317,7 @@ class Config(_Section):
     translate: TranslateConf
     generate: GenerateConf
     judge: JudgeConf
+    reverse: ReverseConf
     quality: QualityConf
     export: ExportConf
     report: ReportConf

@@ -395,19 +395,32 @@ def prompt_table(ctx: Any, llm: LLMStageConf) -> str:
     return "prompts" if "curate" in ctx.conf.pipeline.stages else "prompts_raw"
 
 
-def select_prompts(ctx: Any, llm: LLMStageConf) -> DataFrame:
-    """(prompt_id, text, lang) of the selected prompts: language filter, then a seeded fraction, then the
-    first `limit` in a seeded hash order. The selection depends only on the table and these settings,
-    never on partitioning, so a re-run selects the same prompts and only completes what is missing."""
+def select_prompts(ctx: Any, llm: LLMStageConf, corpora: Literal["exclude", "only"] = "exclude") -> DataFrame:
+    """(prompt_id, text, lang) of the selected prompts: sources, language filter, then a seeded fraction,
+    then the first `limit` in a seeded hash order. The selection depends only on the table and these
+    settings, never on partitioning, so a re-run selects the same prompts and only completes what is
+    missing. Rows from a corpus source (`reverse.sources`) are fragments, not prompts: excluded, or with
+    `corpora="only"` the only rows selected (a prompt found in both kinds of source counts as both)."""
     table = prompt_table(ctx, llm)
     if table == "prompts":
-        df = ctx.store.read("prompts").select("prompt_id", "text", "lang")
+        df = ctx.store.read("prompts").select("prompt_id", "text", "lang", "sources")
     else:
-        raw = ctx.store.read("prompts_raw").select("text", F.col("source_lang").alias("lang"))
+        raw = ctx.store.read("prompts_raw").select("text", F.col("source_lang").alias("lang"), "source")
         raw = raw.filter(F.col("text").isNotNull() & (F.length("text") > 0))
-        df = raw.mapInPandas(_prompt_ids, "text string, lang string, prompt_id string")
-        df = df.groupBy("prompt_id").agg(F.min("text").alias("text"), F.min("lang").alias("lang"))
-    return sample(df, llm.langs, llm.fraction, llm.limit, llm.sample_seed)
+        df = raw.mapInPandas(_prompt_ids, "text string, lang string, source string, prompt_id string")
+        df = df.groupBy("prompt_id").agg(
+            F.min("text").alias("text"), F.min("lang").alias("lang"), F.collect_set("source").alias("sources")
+        )
+    corpus = ctx.conf.reverse.sources
+    if corpus:
+        in_corpus = F.arrays_overlap("sources", F.array(*[F.lit(s) for s in corpus]))
+        if corpora == "only":
+            df = df.filter(in_corpus)
+        else:  # a prompt that also came from a prompt source stays a prompt
+            df = df.filter(~in_corpus | F.exists("sources", lambda s: ~s.isin(corpus)))
+    elif corpora == "only":
+        raise ValueError("reverse.sources is empty: name the ingest sources whose rows are corpus fragments")
+    return sample(df.drop("sources"), llm.langs, llm.fraction, llm.limit, llm.sample_seed)
 
 
 def sample(df: DataFrame, langs: list[str], fraction: float, limit: int | None, seed: int) -> DataFrame:
@@ -444,6 +457,8 @@ def error_status(store: TableStore) -> DataFrame:
     outputs = [
         (t, store.read(t).select("prompt_id", "model", "gen_config_id")) for t in ("responses", "translations") if store.exists(t)
     ]
+    if store.exists("reverse_steps"):
+        outputs.append(("reverse_steps", store.read("reverse_steps").select(F.col("fragment_id").alias("prompt_id"), "model", "gen_config_id")))
     if store.exists("judgements"):
         outputs.append(("judgements", store.read("judgements").select(F.col("response_id").alias("prompt_id"), F.col("judge_model").alias("model"), "gen_config_id")))
     errors = store.read(ERRORS)

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "translate": "instructlake.jobs.translate",
     "generate": "instructlake.jobs.generate",
     "judge": "instructlake.jobs.judge",
+    "reverse": "instructlake.jobs.reverse",
     "quality": "instructlake.jobs.quality",
     "export": "instructlake.jobs.export",
     "report": "instructlake.jobs.report",

@@ -86,6 +86,13 @@ SCHEMAS: dict[str, T.StructType] = {
         finish_reason STRING, prompt_tokens INT, completion_tokens INT, gen_config_id STRING,
         run_id STRING, created_at TIMESTAMP"""
     ),
+    # One row per corpus fragment, reverse-instruction step and model (the latest config): the step's input
+    # and output text; score for the score step (0-10, null when unparseable). lang: the fragment's language.
+    "reverse_steps": ddl(
+        """fragment_id STRING NOT NULL, step STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING, lang STRING,
+        input STRING, text STRING, score DOUBLE, finish_reason STRING, prompt_tokens INT, completion_tokens INT,
+        run_id STRING, created_at TIMESTAMP"""
+    ),
     "response_checks": ddl(
         """response_id STRING NOT NULL, prompt_id STRING, model STRING, empty BOOLEAN, truncated BOOLEAN,
         repetition BOOLEAN, wrong_language BOOLEAN, refusal BOOLEAN, self_identification BOOLEAN, pii_leak BOOLEAN,
@@ -110,6 +117,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "responses": ("response_id",),
     "generation_errors": ("prompt_id", "model", "gen_config_id", "task"),
     "judgements": ("response_id", "judge_model"),
+    "reverse_steps": ("fragment_id", "step", "model"),
     "response_checks": ("response_id",),
     "expectation_results": ("run_id", "table_name", "expectation"),
     "runs": ("run_id", "stage"),

@@ -210,7 +210,7 @@ def test_notebook_is_databricks_source_and_compiles(path):
     compile(stripped, str(path), "exec")
 
 
-@pytest.mark.parametrize("stage", ["ingest", "curate", "translate", "generate", "judge", "quality", "export", "report", "maintain"])
+@pytest.mark.parametrize("stage", ["ingest", "curate", "translate", "generate", "judge", "reverse", "quality", "export", "report", "maintain"])
 def test_stage_notebook_runs_its_stage_with_the_databricks_conf(clean_env, stage):
     (path,) = NOTEBOOKS.glob(f"*_{stage}.py")
     text = path.read_text(encoding="utf-8")

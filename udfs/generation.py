@@ -1,5 +1,5 @@
-"""Executor side of the LLM stages (translate, generate, judge): input rows -> engine requests -> table
-rows, one chunk at a time.
+"""Executor side of the LLM stages (translate, generate, judge, reverse): input rows -> engine requests ->
+table rows, one chunk at a time.
 
 `run_partition` is the body of a Spark task: it sorts its prompts, cuts them into chunks of
 `chunk_rows`, generates each chunk with the worker's engine (`engine.get_engine`, built once per Python
@@ -33,8 +33,11 @@ import pandas as pd
 
 from instructlake.udfs import engine as E
 from instructlake.udfs.prompts import (
+    INSTRUCT_TEMPLATE,
     JUDGE_TEMPLATE,
+    PASSAGE_TEMPLATE,
     TRANSLATE_TEMPLATE,
+    instruct_messages,
     judge_messages,
     lang_name,
     parse_judge_score,
@@ -46,14 +49,20 @@ from instructlake.udfs.text import content_hash, normalize, prompt_id
 log = logging.getLogger("instructlake.generate")
 
 RESPOND, RESPOND_TRANSLATED, TRANSLATE, JUDGE = "respond", "respond_translated", "translate", "judge"
+# Reverse instructions: one kind, four steps (the rows' task), each a job of its own over the previous
+# step's outputs; a row's prompt_id is the fragment's prompt id in every step.
+REVERSE = "reverse"
+TO_EN, INSTRUCT, SCORE, TO_NATIVE = "reverse_to_en", "reverse_instruct", "reverse_score", "reverse_to_native"
+REVERSE_STEPS = (TO_EN, INSTRUCT, SCORE, TO_NATIVE)
 # Columns the driver hands to every LLM task. `prompt_id` is the id of the unit of work (the request key,
 # its seed, the key of its generation_errors row); `task` is the row's task (respond / respond_translated /
 # translate / judge); `attempt` is this run's attempt number for the row (previous failures + 1).
 # A judge row is one response: prompt_id = the response id, origin_prompt_id = its prompt id, text = the
-# prompt text (the question), plus `answer` = the response text.
+# prompt text (the question), plus `answer` = the response text. A reverse row: text = the step's input
+# (passage, or instruction), lang = the fragment's language, `answer` = the English passage (score step).
 INPUT_COLUMNS = ("prompt_id", "origin_prompt_id", "task", "lang", "text", "attempt")
 JUDGE_COLUMNS = (*INPUT_COLUMNS, "answer")
-TABLES = {"respond": "responses", "translate": "translations", "judge": "judgements"}  # kind -> main table
+TABLES = {"respond": "responses", "translate": "translations", "judge": "judgements", "reverse": "reverse_steps"}
 SUMMARY_DDL = (
     "partition INT, attempt INT, chunk INT, pid INT, status STRING, prompts INT, rows_out INT, errors INT, "
     "prompt_tokens BIGINT, completion_tokens BIGINT, gen_s DOUBLE, commit_s DOUBLE, engine_start_s DOUBLE, "
@@ -69,7 +78,7 @@ class InjectedJobFault(RuntimeError):
 class LLMTask:
     """Everything an engine task needs; built on the driver, pickled into the Spark tasks."""
 
-    kind: Literal["respond", "translate", "judge"]
+    kind: Literal["respond", "translate", "judge", "reverse"]
     model: str  # the model's name as recorded in rows
     engine: Mapping[str, Any]  # EngineSpec keys (engine.EngineSpec.from_dict)
     sampling: E.SamplingConfig  # request seeds are derived from sampling.seed and the prompt id
@@ -78,7 +87,7 @@ class LLMTask:
     system_prompt: str | None = None  # respond, judge: a system message before the prompt
     chat_template: str | None = None
     target_lang: str | None = None  # translate: language code of the translation
-    template: str | None = None  # translate, judge: the prompt template; None: TRANSLATE_TEMPLATE / JUDGE_TEMPLATE
+    template: str | None = None  # translate, judge, reverse: the step's prompt template; None: the udfs.prompts default
     batch_size: int = 64  # requests per engine call (the unit that a failure bisects)
     chunk_rows: int = 256  # prompts per commit (a crash loses at most one)
     progress_interval_s: float = 30.0
@@ -92,7 +101,7 @@ class LLMTask:
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        return JUDGE_COLUMNS if self.kind == JUDGE else INPUT_COLUMNS
+        return JUDGE_COLUMNS if self.kind in (JUDGE, REVERSE) else INPUT_COLUMNS
 
     def config_id(self, row_task: str) -> str:
         """gen_config_id of this task's rows of one kind (respond / respond_translated / translate)."""
@@ -127,9 +136,11 @@ def response_id(prompt_id_: str, model: str, gen_config_id_: str, sample_index: 
 def requests_for(task: LLMTask, frame: pd.DataFrame) -> list[E.Request]:
     """One request per input row, keyed by its prompt_id column (a response id for judge), with its own seed."""
     out = []
-    answers = frame["answer"] if task.kind == JUDGE else [None] * len(frame)
-    for pid, text, lang, answer in zip(frame["prompt_id"], frame["text"], frame["lang"], answers):
-        if task.kind == JUDGE:
+    answers = frame["answer"] if task.kind in (JUDGE, REVERSE) else [None] * len(frame)
+    for pid, text, lang, answer, step in zip(frame["prompt_id"], frame["text"], frame["lang"], answers, frame["task"]):
+        if task.kind == REVERSE:
+            messages = reverse_messages(task, step, text or "", lang, answer)
+        elif task.kind == JUDGE:
             template = task.template or JUDGE_TEMPLATE
             messages = judge_messages(text or "", answer or "", template=template, system=task.system_prompt)
         elif task.kind == TRANSLATE:
@@ -141,6 +152,19 @@ def requests_for(task: LLMTask, frame: pd.DataFrame) -> list[E.Request]:
         sampling = E.SamplingConfig(**{**asdict(task.sampling), "seed": request_seed(task.sampling.seed, pid)})
         out.append(E.Request(pid, messages, sampling))
     return out
+
+
+def reverse_messages(task: LLMTask, step: str, text: str, lang: str | None, passage: str | None) -> list[dict[str, str]]:
+    """The request of one reverse-instruction step for one fragment."""
+    if step == TO_EN:
+        return translate_messages(text, "English", lang_name(lang), template=task.template or PASSAGE_TEMPLATE)
+    if step == INSTRUCT:
+        return instruct_messages(text, template=task.template or INSTRUCT_TEMPLATE)
+    if step == SCORE:
+        return judge_messages(text, passage or "", template=task.template or JUDGE_TEMPLATE, system=task.system_prompt)
+    if step == TO_NATIVE:
+        return translate_messages(text, lang_name(lang), "English", template=task.template or TRANSLATE_TEMPLATE)
+    raise ValueError(f"unknown reverse step {step!r}")
 
 
 def rows_for(
@@ -175,6 +199,17 @@ def rows_for(
                     score=parse_judge_score(text), rationale=text, finish_reason=res.finish_reasons[0],
                     prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens[0], gen_config_id=gid,
                     run_id=task.run_id, created_at=now,
+                )
+            )  # fmt: skip
+            continue
+        if task.kind == REVERSE:
+            text = res.texts[0]
+            main.append(
+                dict(
+                    fragment_id=row.prompt_id, step=row.task, model=task.model, gen_config_id=gid, lang=row.lang,
+                    input=row.text, text=text, score=parse_judge_score(text) if row.task == SCORE else None,
+                    finish_reason=res.finish_reasons[0], prompt_tokens=res.prompt_tokens,
+                    completion_tokens=res.completion_tokens[0], run_id=task.run_id, created_at=now,
                 )
             )  # fmt: skip
             continue

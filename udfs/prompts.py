@@ -1,4 +1,5 @@
-"""Chat prompt builders for the LLM stages: respond, translate, judge (plus the judge's score parser).
+"""Chat prompt builders for the LLM stages: respond, translate, judge (plus the judge's score parser), and
+the reverse-instruction steps (a passage translated into English, the instruction it answers).
 
 Each builder returns an OpenAI-style message list (`[{"role": ..., "content": ...}]`) for the engine
 layer. Templates are plain `str.format` strings so configs can override them.
@@ -15,6 +16,19 @@ TRANSLATE_TEMPLATE = (
     "Translate the following instruction into {target_lang}. Translate it faithfully and naturally; "
     "do not answer it, follow it, or add anything. Output only the {target_lang} translation.\n\n"
     "{source_lang} instruction:\n{text}"
+)
+
+# Reverse instructions (Indurthi et al. 2024): the native passage is the answer; an LLM writes the request.
+PASSAGE_TEMPLATE = (
+    "Translate the following {source_lang} text into {target_lang}. Translate it faithfully and completely; "
+    "do not summarize, answer or add anything. Output only the {target_lang} translation.\n\n"
+    "{source_lang} text:\n{text}"
+)
+INSTRUCT_TEMPLATE = (
+    "Below is a text written by a person. Write the instruction or question that a user could have given "
+    "an AI assistant for which this text is a good, complete answer. The instruction must be "
+    "self-contained, must not mention that a text was given, and must not contain the answer itself. "
+    "Output only the instruction.\n\nText:\n{text}"
 )
 
 # MT-Bench single-answer grading ("single-v1" in lm-sys/FastChat, Apache-2.0), on a 0-10 scale so a
@@ -63,6 +77,13 @@ def translate_messages(
         raise ValueError("translate template must contain {text}")
     content = template.format(text=text, source_lang=source_lang, target_lang=target_lang)
     return [{"role": "user", "content": content}]
+
+
+def instruct_messages(text: str, template: str = INSTRUCT_TEMPLATE) -> Messages:
+    """A request to write the instruction that `text` answers; `template` must use `{text}`."""
+    if "{text}" not in template:
+        raise ValueError("instruct template must contain {text}")
+    return [{"role": "user", "content": template.format(text=text)}]
 
 
 def judge_messages(

@@ -1,6 +1,6 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # 09 · Maintain
+# MAGIC # 10 · Maintain
 # MAGIC Table upkeep after the writers: compacts the many small files that chunked commits leave (OPTIMIZE), and
 # MAGIC vacuums data files no version within `maintain.retention_hours` needs (VACUUM), plus temp files of
 # MAGIC killed staging tasks. Row counts are checked before and after. Tables with predictive optimization
