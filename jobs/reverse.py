@@ -101,7 +101,7 @@ def _ids(model: str, gid: str):
 
 
 def run(ctx: Context) -> StageResult:
-    conf, store = ctx.conf.reverse, ctx.store
+    conf = ctx.conf.reverse
     model = resolve_model(conf, ctx.conf)
     if model.sampling.n != 1:
         raise ValueError(f"reverse.sampling.n must be 1 (one output per fragment and step), got {model.sampling.n}")
