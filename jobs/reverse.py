@@ -26,7 +26,7 @@ import logging
 from collections.abc import Iterator
 
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from instructlake.jobs.llm import LLMJob, ResolvedModel, base_gen_config, llm_task, prior_errors, resolve_model, select_prompts
@@ -94,8 +94,9 @@ class _Steps:
 def _ids(model: str, gid: str):
     def add(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for b in batches:
-            pids = [prompt_id(normalize(t)) for t in b["prompt_text"]]
-            yield b.assign(prompt_id=pids, response_id=[G.response_id(p, model, gid, 0) for p in pids])
+            texts = [normalize(t) for t in b["prompt_text"]]  # the prompt as curate would keep it
+            pids = [prompt_id(t) for t in texts]
+            yield b.assign(prompt_text=texts, prompt_id=pids, response_id=[G.response_id(p, model, gid, 0) for p in pids])
 
     return add
 
@@ -138,31 +139,38 @@ def run(ctx: Context) -> StageResult:
 
         to_native = steps.task(G.TO_NATIVE, _check_template(conf.back_template or TRANSLATE_TEMPLATE, "text"), G.SCORE)
         back = steps.run(G.TO_NATIVE, to_native, kept.filter(F.col("lang") != "en").select("prompt_id", "lang", F.col("instruction").alias("text"), F.lit(None).cast("string").alias("answer")))
-        native_instructions = kept.filter(F.col("lang") == "en").select("prompt_id", F.col("instruction").alias("prompt_text")).unionByName(
-            back.select(F.col("fragment_id").alias("prompt_id"), F.col("text").alias("prompt_text"))
+        native_instructions = kept.filter(F.col("lang") == "en").select("prompt_id", F.col("instruction").alias("prompt_text"), "score").unionByName(
+            back.select(F.col("fragment_id").alias("prompt_id"), F.col("text").alias("prompt_text")).join(kept.select("prompt_id", "score"), "prompt_id")
         )
-        written, deleted, n_pairs = _write(ctx, steps, model, fragments, native_instructions)
+        written, deleted, n_pairs, n_repeated = _write(ctx, steps, model, fragments, native_instructions)
         kept.unpersist()
     finally:
         fragments.unpersist()
     stats = {
         "model": model.name, "fragments": n_fragments, "steps": steps.stats, "gen_config_ids": steps.gids,
         "scored_pairs": steps.stats[G.SCORE]["usable"], "kept_pairs": n_kept, "min_score": conf.min_score,
-        "pairs": n_pairs, "responses": {"inserted": written.inserted, "updated": written.updated, "deleted": deleted},
+        "pairs": n_pairs, "repeated_instructions": n_repeated, "responses": {"inserted": written.inserted, "updated": written.updated, "deleted": deleted},
     }  # fmt: skip
     errors = sum(s["errors"] for s in steps.stats.values())
     return StageResult(stage=STAGE, rows_in=n_fragments, rows_out=n_pairs, rows_rejected=errors, stats=stats, tables=[STEPS, "responses"])
 
 
 def _write(ctx: Context, steps: _Steps, model: ResolvedModel, fragments: DataFrame, native_instructions: DataFrame):
-    """Merge the (instruction, fragment) pairs into `responses`; delete this configuration's pairs that no
-    longer pass. -> (merge result, rows deleted, pairs)."""
+    """Merge the (instruction, fragment) pairs into `responses`, one per distinct instruction (the best
+    scored, then the smallest fragment id: a generic instruction written for many fragments is one prompt,
+    and a response id is per prompt); delete this configuration's pairs that no longer pass.
+    -> (merge result, rows deleted, pairs written, pairs dropped as a repeated instruction)."""
     gid = G.gen_config_id({"task": TASK, "steps": steps.gids})  # min_score filters; it does not generate
     s = model.sampling
     pairs = native_instructions.join(fragments.select(F.col("prompt_id").alias("fid"), "text", "lang"), F.col("prompt_id") == F.col("fid"))
-    pairs = pairs.select(F.col("fid").alias("origin_prompt_id"), "prompt_text", "text", "lang").mapInPandas(
-        _ids(model.name, gid), "origin_prompt_id string, prompt_text string, text string, lang string, prompt_id string, response_id string"
+    pairs = pairs.select(F.col("fid").alias("origin_prompt_id"), "prompt_text", "text", "lang", "score").mapInPandas(
+        _ids(model.name, gid),
+        "origin_prompt_id string, prompt_text string, text string, lang string, score double, prompt_id string, response_id string",
     )
+    best = Window.partitionBy("prompt_id").orderBy(F.desc_nulls_last("score"), "origin_prompt_id")
+    pairs = pairs.withColumn("_rank", F.row_number().over(best)).localCheckpoint(eager=True)
+    n_repeated = pairs.filter(F.col("_rank") > 1).count()
+    pairs = pairs.filter(F.col("_rank") == 1)
     rows = pairs.select(
         "response_id", "prompt_id", "origin_prompt_id", F.lit(TASK).alias("task"), "lang",
         F.lit(model.name).alias("model"), F.lit(gid).alias("gen_config_id"), F.lit(0).alias("sample_index"),
@@ -186,4 +194,4 @@ def _write(ctx: Context, steps: _Steps, model: ResolvedModel, fragments: DataFra
         .join(rows, "response_id", "left_anti")
     )
     deleted = ctx.store.delete(stale, "responses", run_id=ctx.run_id, stage=STAGE)
-    return written, deleted, n_pairs
+    return written, deleted, n_pairs, n_repeated

@@ -95,7 +95,7 @@ def test_four_steps_then_pairs_in_responses(make_ctx, lake):
         r = responses.loc[f]
         assert r.text == d["text"] and r.lang == d["lang"]  # the native fragment is the answer
         expected = by_step[G.TO_NATIVE].loc[f, "text"] if f in native else by_step[G.INSTRUCT].loc[f, "text"]
-        assert r.prompt_text == expected and r.prompt_id == prompt_id(normalize(expected))
+        assert r.prompt_text == normalize(expected) and r.prompt_id == prompt_id(normalize(expected))
     assert result.rows_in == 7 and result.rows_out == 7 and result.stats["responses"]["inserted"] == 7
 
     # A re-run finds every step done: nothing is generated or committed again.
@@ -110,3 +110,27 @@ def test_four_steps_then_pairs_in_responses(make_ctx, lake):
     strict = run_stage(make_ctx("reverse.min_score=5"), "reverse")
     assert strict.stats["kept_pairs"] == 0 and strict.stats["responses"]["deleted"] == 7
     assert ctx.store.read("responses").count() == 0
+
+
+def test_one_pair_per_distinct_instruction(make_ctx, lake):
+    """A generic instruction written for several fragments becomes one prompt: the best-scored pair."""
+    from types import SimpleNamespace
+
+    from instructlake.jobs import reverse
+    from instructlake.udfs.engine import SamplingConfig
+
+    fragments, _ = lake
+    ctx = make_ctx()
+    f1, f2, f3 = sorted(fragments)[:3]
+    model = llm.ResolvedModel("m", "p", "vllm", {}, SamplingConfig(temperature=0.6, max_tokens=64), None)
+    selected = ctx.spark.createDataFrame([(f, fragments[f]["text"], fragments[f]["lang"]) for f in (f1, f2, f3)], "prompt_id string, text string, lang string")
+    instructions = ctx.spark.createDataFrame(
+        [(f1, "Summarize the text.", 6.0), (f2, "Summarize the text.\n", 9.0), (f3, "Who wrote this?", None)],
+        "prompt_id string, prompt_text string, score double",
+    )  # f1 and f2 normalize to one instruction
+    written, deleted, n_pairs, n_repeated = reverse._write(ctx, SimpleNamespace(gids={"s": "g"}), model, selected, instructions)
+    got = ctx.store.read("responses").toPandas().set_index("origin_prompt_id")
+    assert (n_pairs, n_repeated, written.inserted, deleted) == (2, 1, 2, 0)
+    assert set(got.index) == {f2, f3} and got.loc[f2, "text"] == fragments[f2]["text"]  # f2 scored higher
+    assert got.loc[f2, "prompt_text"] == "Summarize the text." and got.loc[f2, "prompt_id"] == prompt_id("Summarize the text.")
+    assert got.response_id.is_unique
