@@ -55,6 +55,12 @@ def ctx_factory(spark, tmp_path):
     return make
 
 
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory) -> Path:
+    """run.work_dir of an LLM test module: the tiny model is built there once per module."""
+    return tmp_path_factory.mktemp("llm_work")
+
+
 def response(prompt, i, lang, finish="stop", text=None, task="respond", system="Be helpful."):
     """A `responses` row as the generate stage writes it, for stages that consume responses."""
     from instructlake.udfs.text import content_hash, prompt_id

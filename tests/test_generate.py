@@ -39,11 +39,6 @@ BASE = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("generate_work")
-
-
 @pytest.fixture
 def make_ctx(ctx_factory, work_dir):
     return lambda *sets: ctx_factory(f"run.work_dir={work_dir}", *BASE, *sets)

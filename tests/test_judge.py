@@ -40,11 +40,6 @@ BASE = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("judge_work")
-
-
 @pytest.fixture
 def make_ctx(ctx_factory, work_dir, tmp_path):
     return lambda *sets: ctx_factory(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import pytest
 
@@ -29,11 +28,6 @@ BASE = (
     "reverse.min_score=null", "reverse.sampling.max_tokens=12", "reverse.chunk_rows=3", "reverse.batch_size=2",
     "reverse.tasks=2", "reverse.progress_interval_s=5",
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("reverse_work")
 
 
 @pytest.fixture
