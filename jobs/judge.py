@@ -15,17 +15,16 @@ new config judges again and replaces the row (key response_id, judge_model).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from instructlake.jobs.config import JudgeConf
-from instructlake.jobs.llm import LLMJob, base_gen_config, llm_task, prior_errors, resolve_model, sample
+from instructlake.jobs.llm import LLMJob, base_gen_config, digest, llm_task, prior_errors, resolve_model, sample
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs.generation import JUDGE, LLMTask
-from instructlake.udfs.prompts import JUDGE_TEMPLATE
+from instructlake.udfs.prompts import JUDGE_TEMPLATE, check_template
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,10 @@ def build_task(ctx: Context) -> LLMTask:
     model = resolve_model(conf, ctx.conf)
     if model.sampling.n != 1:
         raise ValueError(f"judge.sampling.n must be 1 (one judgement per response), got {model.sampling.n}")
-    template = conf.template or JUDGE_TEMPLATE
-    if "{question}" not in template or "{answer}" not in template:
-        raise ValueError("judge.template must contain {question} and {answer}")
+    template = check_template(conf.template or JUDGE_TEMPLATE, "judge.template", "question", "answer")
     return llm_task(
         ctx, conf, model, JUDGE,
-        gen_config=base_gen_config(
-            model, system_prompt=conf.system_prompt, template=hashlib.sha256(template.encode()).hexdigest()[:16]
-        ),
+        gen_config=base_gen_config(model, system_prompt=conf.system_prompt, template=digest(template)),
         system_prompt=conf.system_prompt,
         template=template,
     )  # fmt: skip

@@ -161,10 +161,15 @@ def engine_spec(model: ResolvedModel, llm: LLMStageConf, conf: Config) -> dict[s
     )
 
 
+def digest(text: str | None) -> str | None:
+    """A short stable id of a template (chat or prompt) for generation configs."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16] if text else None
+
+
 def base_gen_config(model: ResolvedModel, **extra: Any) -> dict[str, Any]:
     """What identifies an output besides the prompt (and the row's task): model, sampling, template."""
     s = model.sampling
-    template = hashlib.sha256(model.chat_template.encode()).hexdigest()[:16] if model.chat_template else None
+    template = digest(model.chat_template)
     return dict(
         model=model.name, n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
         chat_template=template, **extra,

@@ -21,7 +21,6 @@ still selected but no longer pass (a higher min_score) are deleted from `respons
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Iterator
 
@@ -29,27 +28,16 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from instructlake.jobs.llm import LLMJob, ResolvedModel, base_gen_config, llm_task, prior_errors, resolve_model, select_prompts
+from instructlake.jobs.llm import LLMJob, ResolvedModel, base_gen_config, digest, llm_task, prior_errors, resolve_model, select_prompts
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs import generation as G
-from instructlake.udfs.prompts import INSTRUCT_TEMPLATE, JUDGE_TEMPLATE, PASSAGE_TEMPLATE, TRANSLATE_TEMPLATE
+from instructlake.udfs.prompts import INSTRUCT_TEMPLATE, JUDGE_TEMPLATE, PASSAGE_TEMPLATE, TRANSLATE_TEMPLATE, check_template
 from instructlake.udfs.text import normalize, prompt_id
 
 log = logging.getLogger(__name__)
 
 STAGE, TASK = "reverse", "reverse_instruction"
 STEPS = "reverse_steps"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _check_template(template: str, *fields: str) -> str:
-    missing = [f for f in fields if "{" + f + "}" not in template]
-    if missing:
-        raise ValueError(f"reverse template lacks {', '.join('{' + f + '}' for f in missing)}: {template[:80]!r}")
-    return template
 
 
 class _Steps:
@@ -64,14 +52,15 @@ class _Steps:
 
     def task(self, step: str, template: str, after: str | None, system: str | None = None) -> G.LLMTask:
         model = self.model if step == G.INSTRUCT else self.greedy
-        gen_config = base_gen_config(model, template=_digest(template), system_prompt=system, after=after and self.gids[after])
+        gen_config = base_gen_config(model, template=digest(template), system_prompt=system, after=after and self.gids[after])
         return llm_task(self.ctx, self.conf, model, G.REVERSE, gen_config=gen_config, template=template, system_prompt=system)
 
     def run(self, step: str, task: G.LLMTask, selected: DataFrame) -> DataFrame:
         """Run `step` on `selected` (fragment rows: prompt_id, text, lang, answer); its usable outputs now."""
         self.gids[step] = gid = task.config_id(step)
         job = LLMJob(self.ctx, STAGE, self.conf, task, STEPS)
-        job.recover()
+        if not self.stats:  # what an earlier, crashed run staged: once, before the first step reads
+            job.recover()
         rows = selected.select(
             "prompt_id", F.col("prompt_id").alias("origin_prompt_id"), F.lit(step).alias("task"), "lang", "text", "answer"
         )
@@ -118,17 +107,17 @@ def run(ctx: Context) -> StageResult:
         n_fragments = fragments.count()
         native = fragments.filter(F.col("lang") != "en")
 
-        to_en = steps.task(G.TO_EN, _check_template(conf.passage_template or PASSAGE_TEMPLATE, "text"), None)
+        to_en = steps.task(G.TO_EN, check_template(conf.passage_template or PASSAGE_TEMPLATE, "reverse.passage_template", "text"), None)
         english = steps.run(G.TO_EN, to_en, native)
         passages = fragments.filter(F.col("lang") == "en").select("prompt_id", "lang", F.col("text").alias("passage")).unionByName(
             english.select(F.col("fragment_id").alias("prompt_id"), "lang", F.col("text").alias("passage"))
         )
 
-        instruct = steps.task(G.INSTRUCT, _check_template(conf.instruct_template or INSTRUCT_TEMPLATE, "text"), G.TO_EN)
+        instruct = steps.task(G.INSTRUCT, check_template(conf.instruct_template or INSTRUCT_TEMPLATE, "reverse.instruct_template", "text"), G.TO_EN)
         instructions = steps.run(G.INSTRUCT, instruct, passages.select("prompt_id", "lang", F.col("passage").alias("text"), F.lit(None).cast("string").alias("answer")))
         pairs = instructions.select(F.col("fragment_id").alias("prompt_id"), F.col("text").alias("instruction")).join(passages, "prompt_id")
 
-        score_template = _check_template(conf.score_template or JUDGE_TEMPLATE, "question", "answer")
+        score_template = check_template(conf.score_template or JUDGE_TEMPLATE, "reverse.score_template", "question", "answer")
         score = steps.task(G.SCORE, score_template, G.INSTRUCT, system=conf.score_system_prompt)
         scored = steps.run(G.SCORE, score, pairs.select("prompt_id", "lang", F.col("instruction").alias("text"), F.col("passage").alias("answer")))
         kept = pairs.join(scored.select(F.col("fragment_id").alias("prompt_id"), "score"), "prompt_id")
@@ -137,7 +126,7 @@ def run(ctx: Context) -> StageResult:
         kept = kept.persist()
         n_kept = kept.count()
 
-        to_native = steps.task(G.TO_NATIVE, _check_template(conf.back_template or TRANSLATE_TEMPLATE, "text"), G.SCORE)
+        to_native = steps.task(G.TO_NATIVE, check_template(conf.back_template or TRANSLATE_TEMPLATE, "reverse.back_template", "text"), G.SCORE)
         back = steps.run(G.TO_NATIVE, to_native, kept.filter(F.col("lang") != "en").select("prompt_id", "lang", F.col("instruction").alias("text"), F.lit(None).cast("string").alias("answer")))
         native_instructions = kept.filter(F.col("lang") == "en").select("prompt_id", F.col("instruction").alias("prompt_text"), "score").unionByName(
             back.select(F.col("fragment_id").alias("prompt_id"), F.col("text").alias("prompt_text")).join(kept.select("prompt_id", "score"), "prompt_id")

@@ -9,7 +9,6 @@ under which `generate` (source: translations) answers it, with origin_prompt_id 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from pyspark.sql import functions as F
@@ -17,6 +16,7 @@ from pyspark.sql import functions as F
 from instructlake.jobs.llm import (
     LLMJob,
     base_gen_config,
+    digest,
     llm_task,
     prior_errors,
     resolve_model,
@@ -24,7 +24,7 @@ from instructlake.jobs.llm import (
 )
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs.generation import TRANSLATE
-from instructlake.udfs.prompts import TRANSLATE_TEMPLATE, translate_messages
+from instructlake.udfs.prompts import TRANSLATE_TEMPLATE, check_template
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,10 @@ def run(ctx: Context) -> StageResult:
     model = resolve_model(conf, ctx.conf)
     if model.sampling.n != 1:
         raise ValueError(f"translate.sampling.n must be 1 (one translation per prompt), got {model.sampling.n}")
-    template = conf.template or TRANSLATE_TEMPLATE
-    translate_messages("check", template=template)  # a bad template fails here, not on every row
+    template = check_template(conf.template or TRANSLATE_TEMPLATE, "translate.template", "text")
     task = llm_task(
         ctx, conf, model, TRANSLATE,
-        gen_config=base_gen_config(
-            model, target_lang=conf.target_lang, template=hashlib.sha256(template.encode()).hexdigest()[:16]
-        ),
+        gen_config=base_gen_config(model, target_lang=conf.target_lang, template=digest(template)),
         target_lang=conf.target_lang,
         template=template,
     )  # fmt: skip

@@ -53,6 +53,15 @@ LANG_NAMES = {
 _SCORE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 
 
+def check_template(template: str, name: str, *fields: str) -> str:
+    """`template` if it uses every `{field}`; else a ValueError naming the knob (raised on the driver, before
+    any row is generated)."""
+    missing = [f for f in fields if "{" + f + "}" not in template]
+    if missing:
+        raise ValueError(f"{name} must contain " + " and ".join("{" + f + "}" for f in fields))
+    return template
+
+
 def lang_name(code: str | None) -> str:
     """'ja' -> 'Japanese'; an unknown or empty code is returned as is (or 'the source language')."""
     if not code or code == "und":
