@@ -21,10 +21,12 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -503,11 +505,30 @@ def triage(
 # ---- the engine job ------------------------------------------------------------------------------------
 
 
+def _executor_id() -> str | None:
+    """This executor's id where the cluster manager tells it: SPARK_EXECUTOR_ID (Kubernetes), or the
+    executorId of the log URL a standalone worker hands its executor. Elsewhere (YARN) None: the task
+    attempt id, which every summary row carries, finds the executor in the Spark UI and event log."""
+    if executor := os.environ.get("SPARK_EXECUTOR_ID"):
+        return executor
+    query = urllib.parse.urlparse(os.environ.get("SPARK_LOG_URL_STDERR", "")).query
+    return next(iter(urllib.parse.parse_qs(query).get("executorId", [])), None)
+
+
 def _engine_task(task: G.LLMTask, sink: G.Sink, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    import socket
+
     from pyspark import TaskContext
 
+    from instructlake.udfs.engine import spark_gpu_addresses
+
     tc = TaskContext.get()
-    yield from G.run_partition(batches, task, sink, tc.partitionId(), tc.attemptNumber())
+    gpus = spark_gpu_addresses(tc)
+    placement = dict(
+        host=socket.gethostname(), executor=_executor_id(), task_attempt_id=tc.taskAttemptId(),
+        gpus=",".join(gpus) if gpus else None,
+    )  # fmt: skip
+    yield from G.run_partition(batches, task, sink, tc.partitionId(), tc.attemptNumber(), placement)
 
 
 class _DriverProgress(threading.Thread):
@@ -684,6 +705,23 @@ def _summarize(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "engine_builds_per_worker": {str(k): v for k, v in sorted(builds.items())},
         "engine_start_s": [round(s, 2) for s in starts],
         "engine_version": next((r["engine_version"] for r in rows if r["engine_version"]), None),
+        "engine_tasks": _engine_tasks(rows),
     }
+
+
+def _engine_tasks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per task attempt that finished (a lost attempt's summaries never reach the driver): where
+    it ran, the GPUs Spark assigned it, the CUDA_VISIBLE_DEVICES of the engine that served it (null when
+    every chunk was skipped and no engine was needed), its chunks."""
+    tasks: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (r["partition"], r["attempt"], r["chunk"])):
+        t = tasks.setdefault(
+            (r["partition"], r["attempt"]),
+            {k: r[k] for k in ("partition", "attempt", "task_attempt_id", "host", "executor", "pid", "gpus")}
+            | {"cuda_visible_devices": None, "chunks": 0},
+        )
+        t["cuda_visible_devices"] = t["cuda_visible_devices"] or r["cuda_visible_devices"]
+        t["chunks"] += 1
+    return list(tasks.values())
 
 

@@ -452,9 +452,10 @@ _BACKENDS: dict[str, Callable[[EngineSpec, str], BatchEngine]] = {
     "transformers": TransformersEngine,
 }
 _ENGINES: dict[str, BatchEngine] = {}
-_GPUS: dict[str, list[str] | None] = {}
+_GPUS: dict[str, list[str] | None] = {}  # the GPUs a CUDA engine was built on (None: a CPU engine)
 constructions = 0  # engines built by this process: one per worker is the goal
 build_counts: dict[str, int] = {}  # engines built by this process per spec cache key (jobs report these)
+visible_devices: dict[str, str | None] = {}  # CUDA_VISIBLE_DEVICES each engine was built with, per spec cache key
 
 
 def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
@@ -465,13 +466,16 @@ def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
     engine = _ENGINES.get(key)
     if engine is None or engine.dead:
         device = _resolve_device(spec)
-        gpus = bind_spark_gpus() if device == "cuda" else None
-        if gpus:
+        # Bound whatever the device: a CPU engine ignores the variable, and the job records it per task, so
+        # GPU scheduling shows the same on a CPU test cluster as on a GPU one. Only CUDA memory needs the lock.
+        gpus = bind_spark_gpus()
+        if gpus and device == "cuda":
             lock_gpus(gpus, spec.scratch_dir or tempfile.gettempdir())
         _prepare_env(spec, device)
         log.info("building %s engine for %s on %s (gpus %s)", spec.backend, spec.model, device, gpus)
         engine = _ENGINES[key] = _BACKENDS[spec.backend](spec, device)
-        _GPUS[key] = gpus
+        _GPUS[key] = gpus if device == "cuda" else None
+        visible_devices[key] = os.environ.get("CUDA_VISIBLE_DEVICES")
         constructions += 1
         build_counts[key] = build_counts.get(key, 0) + 1
     elif _GPUS[key] is not None and (now := spark_gpu_addresses()) != _GPUS[key]:

@@ -66,8 +66,10 @@ TABLES = {"respond": "responses", "translate": "translations", "judge": "judgeme
 SUMMARY_DDL = (
     "partition INT, attempt INT, chunk INT, pid INT, status STRING, prompts INT, rows_out INT, errors INT, "
     "prompt_tokens BIGINT, completion_tokens BIGINT, gen_s DOUBLE, commit_s DOUBLE, engine_start_s DOUBLE, "
-    "engine_builds INT, engine_version STRING, partition_rows INT, error_classes STRING"
+    "engine_builds INT, engine_version STRING, partition_rows INT, error_classes STRING, "
+    "host STRING, executor STRING, task_attempt_id BIGINT, gpus STRING, cuda_visible_devices STRING"
 )
+PLACEMENT_KEYS = ("host", "executor", "task_attempt_id", "gpus")  # where a task ran (jobs.llm fills them in)
 
 
 class InjectedJobFault(RuntimeError):
@@ -280,13 +282,20 @@ def _ensure_logging() -> None:
 
 
 def run_partition(
-    batches: Iterator[pd.DataFrame], task: LLMTask, sink: Sink, partition: int, attempt: int = 0
+    batches: Iterator[pd.DataFrame],
+    task: LLMTask,
+    sink: Sink,
+    partition: int,
+    attempt: int = 0,
+    placement: Mapping[str, Any] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Generate and commit one Spark partition, chunk by chunk; yields one summary row per chunk.
 
     Chunk keys are `<partition>-<chunk>`; the sink scopes them to the job. A retried task attempt (attempt
     > 0) sees the same rows in the same order (the driver pins its inputs), so it skips chunks the sink
-    already holds without generating them again.
+    already holds without generating them again. `placement` (PLACEMENT_KEYS: host, executor, task attempt
+    id, Spark-assigned GPU addresses) goes into every summary row, with the CUDA_VISIBLE_DEVICES that the
+    engine serving the task was built with.
     """
     _ensure_logging()
     parts = [b for b in batches if len(b)]
@@ -306,6 +315,8 @@ def run_partition(
             errors=0, prompt_tokens=0, completion_tokens=0, gen_s=0.0, commit_s=0.0, engine_start_s=0.0,
             engine_builds=E.build_counts.get(spec_key, 0), engine_version=getattr(engine, "version", None),
             partition_rows=total, error_classes=None,
+            cuda_visible_devices=E.visible_devices.get(spec_key) if engine is not None else None,
+            **{k: (placement or {}).get(k) for k in PLACEMENT_KEYS},
         )  # fmt: skip
         row.update(values)
         return row
