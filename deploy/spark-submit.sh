@@ -22,18 +22,23 @@ Environment (default):
   INSTRUCTLAKE_CONF            config on top of conf/default.yaml (conf/cluster.yaml)
   INSTRUCTLAKE_CLUSTER_PYTHON  executors' python (/opt/instructlake/venv/bin/python)
   PYSPARK_DRIVER_PYTHON        driver's python (python3 on PATH)
-  DELTA_VERSION                delta-spark version (4.4.1, setup.py's pin)
+  DELTA_VERSION                delta-spark version (4.4.0, setup.py's pin)
   SPARK_MINOR                  the cluster's Spark major.minor, part of Delta's artifact name (4.2)
   EXTRA_PACKAGES               more Maven coordinates, comma-separated; empty when the cluster has its
                                own S3 connector (org.apache.hadoop:hadoop-aws:3.5.0, for s3a://)
-  NUM_EXECUTORS                executors, one GPU each (2)
+  NUM_EXECUTORS                executors (2)
+  EXECUTOR_GPUS                GPUs per executor (1); also exported as INSTRUCTLAKE_EXECUTOR_GPUS, which
+                               conf/cluster.yaml reads, since the session's settings win over --conf
   EXECUTOR_CORES               (8)
   EXECUTOR_MEMORY              JVM heap (16g)
   EXECUTOR_MEMORY_OVERHEAD     off-heap, where the Python workers and the vLLM engine live (48g)
   DRIVER_MEMORY                (8g)
   DIST_DIR                     where the wheel and the executors' zip are built (dist)
+  IVY_DIR                      Ivy's cache and resolution dir for --packages (spark.jars.ivy): jars are
+                               downloaded once and reused (.scratch/ivy/submit in this checkout)
   DRY_RUN=1                    print the commands instead of running them
 conf/cluster.yaml reads INSTRUCTLAKE_LAKE_ROOT, INSTRUCTLAKE_INPUT and INSTRUCTLAKE_SCRATCH.
+Other Spark settings (event log, history server, ...) come from $SPARK_CONF_DIR/spark-defaults.conf.
 EOF
 }
 
@@ -50,15 +55,17 @@ SPARK_MASTER="${SPARK_MASTER:-yarn}"
 INSTRUCTLAKE_CONF="${INSTRUCTLAKE_CONF:-conf/cluster.yaml}"
 INSTRUCTLAKE_CLUSTER_PYTHON="${INSTRUCTLAKE_CLUSTER_PYTHON:-/opt/instructlake/venv/bin/python}"
 PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$(command -v python3 || true)}"
-DELTA_VERSION="${DELTA_VERSION:-4.4.1}"
+DELTA_VERSION="${DELTA_VERSION:-4.4.0}"
 SPARK_MINOR="${SPARK_MINOR:-4.2}"
 EXTRA_PACKAGES="${EXTRA_PACKAGES-org.apache.hadoop:hadoop-aws:3.5.0}"
 NUM_EXECUTORS="${NUM_EXECUTORS:-2}"
+EXECUTOR_GPUS="${EXECUTOR_GPUS:-1}"
 EXECUTOR_CORES="${EXECUTOR_CORES:-8}"
 EXECUTOR_MEMORY="${EXECUTOR_MEMORY:-16g}"
 EXECUTOR_MEMORY_OVERHEAD="${EXECUTOR_MEMORY_OVERHEAD:-48g}"
 DRIVER_MEMORY="${DRIVER_MEMORY:-8g}"
 DIST_DIR="${DIST_DIR:-dist}"
+IVY_DIR="${IVY_DIR:-$repo/.scratch/ivy/submit}"
 DRY_RUN="${DRY_RUN:-0}"
 if [[ -z "$PYSPARK_DRIVER_PYTHON" ]]; then
   echo "spark-submit.sh: no python3 on PATH; set PYSPARK_DRIVER_PYTHON" >&2
@@ -104,14 +111,16 @@ shift
 # tasks of translate/generate ask for their GPUs through a stage-level ResourceProfile (generate.gpu),
 # which Spark supports with dynamic allocation off on standalone, YARN and Kubernetes.
 export PYSPARK_PYTHON="$INSTRUCTLAKE_CLUSTER_PYTHON" PYSPARK_DRIVER_PYTHON INSTRUCTLAKE_CLUSTER_PYTHON
+export INSTRUCTLAKE_EXECUTOR_GPUS="$EXECUTOR_GPUS"
 run "$SPARK_SUBMIT" \
   --master "$SPARK_MASTER" \
   --deploy-mode client \
   --name "instructlake-$command" \
   --packages "$packages" \
+  --conf "spark.jars.ivy=$IVY_DIR" \
   --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
   --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
-  --conf spark.executor.resource.gpu.amount=1 \
+  --conf "spark.executor.resource.gpu.amount=$EXECUTOR_GPUS" \
   --conf spark.executor.resource.gpu.discoveryScript=./getGpusResources.sh \
   --conf spark.python.worker.reuse=true \
   --conf "spark.executorEnv.PYSPARK_PYTHON=$INSTRUCTLAKE_CLUSTER_PYTHON" \
