@@ -1,8 +1,10 @@
 """Ingest: raw conversation / prompt files -> `prompts_raw` (kept) + `prompts_rejected` (malformed, empty).
 
-Every input record becomes (source, layout, input_file, record_index, raw bytes) whatever its format, so one
-pure parser (udfs.ingest) decides for all of them. record_index is the 1-based line number for JSONL, the
-row index for Parquet and the element index for JSON arrays, so a reject row points at its record.
+Every input record becomes (source, layout, input_file, record_index, raw bytes, error) whatever its format,
+so one pure parser (udfs.ingest) decides for all of them. record_index is the 1-based line number for JSONL,
+the row index for Parquet and the element index for JSON arrays, so a reject row points at its record.
+Plain JSON Lines go through Spark's splittable text reader; gzip, JSON documents and Parquet are read whole,
+file by file, in Python workers (udfs.records), so a damaged file is one reject, not a failed job.
 Both tables are upserted on their keys: re-running on the same input commits nothing.
 """
 
@@ -13,19 +15,21 @@ import gzip
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from instructlake.jobs.config import InputConf
 from instructlake.jobs.runs import Context, StageResult
-from instructlake.udfs.ingest import OUTPUT_DDL, parse_batch
+from instructlake.udfs import records as rec
+from instructlake.udfs.ingest import OUTPUT_SCHEMA, parse_batch
 
 log = logging.getLogger(__name__)
 
-_RECORD_DDL = "input_file string, record_index bigint, raw binary"
+_BOM = b"\xef\xbb\xbf"
 _LINE_EXT = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 _JSON_EXT = (".json", ".json.gz")
 _PARQUET_EXT = (".parquet",)
@@ -46,8 +50,11 @@ def detect_format(path: str) -> str:
     if lower.endswith(_JSON_EXT):
         if "://" in path:
             return "jsonl"
-        with _open(path) as f:
-            first = f.readline(1 << 20).strip()
+        try:
+            with _open(path) as f:
+                first = f.readline(1 << 20).removeprefix(_BOM).strip()
+        except (OSError, EOFError):  # not gzip after all: the JSON reader reports the file as unreadable
+            return "json"
         if first.startswith(b"["):
             return "json"
         try:
@@ -94,39 +101,27 @@ def _numbered_lines(spark: SparkSession, files: list[str]) -> DataFrame:
                 k = (f, int(blk))
                 seen[k] = seen.get(k, 0) + 1
                 index.append(offsets[k] + seen[k])
-            yield pd.DataFrame({"input_file": b["input_file"], "record_index": index, "raw": b["raw"]})
+            yield pd.DataFrame({"input_file": b["input_file"], "record_index": index, "raw": b["raw"], "error": None})
 
-    return lines.mapInPandas(number, _RECORD_DDL)
-
-
-def _json_documents(spark: SparkSession, files: list[str]) -> DataFrame:
-    """Whole JSON files: an array gives one record per element; anything else is one record."""
-
-    def explode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for b in batches:
-            rows = []
-            for path, content in zip(b["path"], b["content"]):
-                data = gzip.decompress(content) if path.endswith(".gz") else bytes(content)
-                try:
-                    doc = json.loads(data.decode("utf-8"))
-                except ValueError:  # bad JSON or bad UTF-8: the parser rejects the bytes with the reason
-                    rows.append((path, 0, data))
-                    continue
-                items = doc if isinstance(doc, list) else [doc]
-                rows += [(path, i, json.dumps(item, ensure_ascii=False).encode()) for i, item in enumerate(items)]
-            yield pd.DataFrame(rows, columns=["input_file", "record_index", "raw"])
-
-    return spark.read.format("binaryFile").load(files).select("path", "content").mapInPandas(explode, _RECORD_DDL)
+    return lines.mapInPandas(number, rec.RECORD_DDL)
 
 
-def _parquet_rows(spark: SparkSession, files: list[str]) -> DataFrame:
-    df = spark.read.option("mergeSchema", "true").parquet(*files)
-    data_cols = [F.col(f"`{c}`") for c in df.columns]
-    return df.select(
-        F.col("_metadata.file_path").alias("input_file"),
-        F.col("_metadata.row_index").alias("record_index"),
-        F.to_json(F.struct(*data_cols)).cast("binary").alias("raw"),
-    )
+def _whole_files(spark: SparkSession, files: list[str], read) -> DataFrame:
+    return spark.read.format("binaryFile").load(files).select("path", "content").mapInArrow(rec.from_files(read), rec.RECORD_DDL)
+
+
+def _readers(fmt: str, files: list[str]) -> list[tuple[list[str], Callable | None]]:
+    """(files, reader) groups for one format; no reader means Spark's text reader, which splits big files
+    but would abort the job on one damaged gzip stream."""
+    gz = [f for f in files if f.lower().endswith(".gz")]
+    plain = [f for f in files if not f.lower().endswith(".gz")]
+    if fmt == "jsonl":
+        groups = [(plain, None), (gz, rec.gzip_lines)]
+    elif fmt == "json":
+        groups = [(plain, rec.json_records), (gz, rec.gzip_json_records)]
+    else:
+        groups = [(files, rec.parquet_records)]
+    return [(fs, read) for fs, read in groups if fs]
 
 
 def read_records(spark: SparkSession, inputs: list[InputConf]) -> DataFrame:
@@ -136,13 +131,10 @@ def read_records(spark: SparkSession, inputs: list[InputConf]) -> DataFrame:
         by_format: dict[str, list[str]] = {}
         for f in expand(inp):
             by_format.setdefault(inp.format if inp.format != "auto" else detect_format(f), []).append(f)
-        readers = {"jsonl": _numbered_lines, "json": _json_documents, "parquet": _parquet_rows}
         for fmt, files in by_format.items():
-            parts.append(
-                readers[fmt](spark, files).select(
-                    F.lit(inp.source).cast("string").alias("source"), F.lit(inp.layout).alias("layout"), "*"
-                )
-            )
+            for group, read in _readers(fmt, files):
+                df = _numbered_lines(spark, group) if read is None else _whole_files(spark, group, read)
+                parts.append(df.select(F.lit(inp.source).cast("string").alias("source"), F.lit(inp.layout).alias("layout"), "*"))
     out = parts[0]
     for p in parts[1:]:
         out = out.unionByName(p)
@@ -154,15 +146,17 @@ def run(ctx: Context) -> StageResult:
     records = read_records(spark, conf.inputs)
     if conf.partitions:
         records = records.repartition(conf.partitions)
-    # Blank lines are no records (JSON Lines files often end with one); counted, not parsed.
-    blank = F.length(F.trim(F.col("raw").cast("string"))) == 0
+    # Blank and whitespace-only lines are no records (JSON Lines files often end with one); counted, not
+    # parsed. A damage record may have no bytes at all and is still a record.
+    blank = F.col("error").isNull() & F.col("raw").cast("string").rlike(r"^\s*$")
     turns = conf.turns
-    parsed = records.filter(~blank).mapInPandas(lambda it: (parse_batch(b, turns) for b in it), OUTPUT_DDL)
+    parsed = records.filter(~blank).mapInArrow(lambda it: (parse_batch(b, turns) for b in it), from_arrow_schema(OUTPUT_SCHEMA))
 
-    # The same key twice in the input (a file listed twice, a re-exported shard): the first by file and
-    # record index is the row; later ones are kept as rejects under a key of their own.
+    # The same key twice in the input (a file listed twice, a re-exported shard): the first good row by
+    # file and record index is the row; later ones are kept as rejects under a key of their own. Rejects
+    # sort after every good row, so a malformed record never takes the key from a valid one.
     key = ["source", "source_id", "turn"]
-    first = Window.partitionBy(*key).orderBy("input_file", "record_index")
+    first = Window.partitionBy(*key).orderBy(F.col("reason").isNotNull(), "input_file", "record_index")
     parsed = (
         parsed.withColumn("_n", F.row_number().over(first))
         .withColumn("reason", F.when(F.col("_n") > 1, F.coalesce("reason", F.lit("duplicate_key"))).otherwise(F.col("reason")))

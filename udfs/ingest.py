@@ -6,29 +6,39 @@ Layouts (public record formats):
   openai_moderation[], toxic, redacted`
 - plain: one prompt per record in `text` | `prompt` | `instruction` (+ `input`), optional `id`, `lang`.
 Every record yields one row per extracted user turn, or exactly one reject row, so
-rows in = rows kept + rows rejected holds per record.
+rows in = rows kept + rows rejected holds per record: whatever fails while parsing one record rejects that
+record only.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from itertools import accumulate
 from typing import Any, Iterable
 
-import pandas as pd
+import pyarrow as pa
 
 from instructlake.udfs.text import normalize
 
-OUTPUT_COLUMNS = [
-    "source", "source_id", "turn", "text", "source_lang", "moderation_flagged", "redacted", "source_model",
-    "layout", "input_file", "record_index", "reason", "detail", "raw",
-]  # fmt: skip
-OUTPUT_DDL = (
-    "source string, source_id string, turn int, text string, source_lang string, moderation_flagged boolean, "
-    "redacted boolean, source_model string, layout string, input_file string, record_index bigint, "
-    "reason string, detail string, raw string"
-)
+# Every output batch is built against this schema, never inferred: a batch whose rows all lack a field
+# (no `model` in plain files, rejects only) must still have a string column, not pandas' all-NaN floats.
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()), ("source_id", pa.string()), ("turn", pa.int32()), ("text", pa.string()),
+        ("source_lang", pa.string()), ("moderation_flagged", pa.bool_()), ("redacted", pa.bool_()),
+        ("source_model", pa.string()), ("layout", pa.string()), ("input_file", pa.string()),
+        ("record_index", pa.int64()), ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.string()),
+    ]
+)  # fmt: skip
+# Chat records nest four or five levels; anything near Python's recursion limit is an attack or a bug,
+# and is rejected before json.loads would recurse into it.
+MAX_DEPTH = 100
 USER_ROLES = {"user", "human"}
 _PLAIN_FIELDS = ("text", "prompt", "instruction")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 class Malformed(Exception):
@@ -38,6 +48,19 @@ class Malformed(Exception):
         super().__init__(reason)
         self.reason, self.detail = reason, detail
         self.source_id: str | None = None  # set once the record parsed far enough to have one
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest bracket nesting outside JSON strings; cheap for the usual record, which has few brackets."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0
+    skeleton = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_DEPTH_STEP[c] for c in skeleton), default=0)
+
+
+def _str_or_none(value: Any) -> str | None:
+    """An optional tag (language, model) of another type than a string says nothing; it is dropped."""
+    return value if isinstance(value, str) and value else None
 
 
 def detect_layout(record: dict[str, Any]) -> str:
@@ -76,7 +99,7 @@ def _user_turns(record: dict[str, Any], layout: str, turns: str) -> list[dict[st
         out.append(
             {
                 "text": content,
-                "source_lang": msg.get("language") or record.get("language"),
+                "source_lang": _str_or_none(msg.get("language")) or _str_or_none(record.get("language")),
                 "moderation_flagged": flagged or (not moderation and bool(record.get("toxic", False))),
                 "redacted": bool(msg.get("redacted", False)) or bool(record.get("redacted", False)),
             }
@@ -101,7 +124,7 @@ def _plain_turn(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             "text": text,
-            "source_lang": record.get("lang") or record.get("language"),
+            "source_lang": _str_or_none(record.get("lang")) or _str_or_none(record.get("language")),
             "moderation_flagged": bool(record.get("moderation_flagged", record.get("flagged", False))),
             "redacted": bool(record.get("redacted", False)),
         }
@@ -119,9 +142,11 @@ def _source_id(record: dict[str, Any], layout: str) -> str | None:
 def parse_record(raw: bytes, layout: str = "auto", turns: str = "first") -> tuple[str, str | None, list[dict]]:
     """(layout, source_id, user turns) for one raw record; raises Malformed."""
     try:
-        line = raw.decode("utf-8")
+        line = raw.decode("utf-8-sig")  # a BOM opens many exported files; json.loads refuses it
     except UnicodeDecodeError as e:
         raise Malformed("invalid_utf8", str(e)) from None
+    if (depth := json_depth(raw)) > MAX_DEPTH:
+        raise Malformed("too_deep", f"nested {depth} levels deep; the limit is {MAX_DEPTH}")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
@@ -136,8 +161,22 @@ def parse_record(raw: bytes, layout: str = "auto", turns: str = "first") -> tupl
         e.source_id = source_id
         raise
     for row in rows:
-        row["source_model"] = record.get("model")
+        row["source_model"] = _str_or_none(record.get("model"))
+        # JSON may escape lone surrogates ("\ud800"), which no UTF-8 column can hold.
+        for field in ("text", "source_lang", "source_model"):
+            if row[field] is not None and not _encodable(row[field]):
+                raise Malformed("invalid_unicode", f"{field} holds a lone surrogate")
+    if source_id is not None and not _encodable(source_id):
+        raise Malformed("invalid_unicode", "the record's id holds a lone surrogate")
     return layout, source_id, rows
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def source_from_path(path: str) -> str:
@@ -149,28 +188,44 @@ def source_from_path(path: str) -> str:
     return name
 
 
-def parse_batch(batch: pd.DataFrame, turns: str) -> pd.DataFrame:
-    """Rows (source, layout, input_file, record_index, raw bytes) -> OUTPUT_COLUMNS; a null source means
-    "name it after the file"."""
+def parse_batch(batch: pa.RecordBatch, turns: str) -> pa.RecordBatch:
+    """Records (source, layout, input_file, record_index, raw bytes, error) -> OUTPUT_SCHEMA; a null source
+    means "name it after the file"; a set error marks the unreadable rest of a file."""
     out: list[dict[str, Any]] = []
-    for source, layout, input_file, index, raw in zip(
-        batch["source"], batch["layout"], batch["input_file"], batch["record_index"], batch["raw"]
+    columns = batch.to_pydict()
+    for source, layout, input_file, index, raw, error in zip(
+        columns["source"], columns["layout"], columns["input_file"], columns["record_index"], columns["raw"], columns["error"]
     ):
-        out.extend(_rows(bytes(raw), input_file, int(index), source or source_from_path(input_file), layout, turns))
-    return pd.DataFrame(out, columns=OUTPUT_COLUMNS).astype({"turn": "int32", "record_index": "int64"})
+        source = source or source_from_path(input_file)
+        if error is not None:
+            out.append(_reject(raw, input_file, index, source, layout, f"{input_file}#{index}", "unreadable_file", error))
+        else:
+            out.extend(_rows(raw, input_file, index, source, layout, turns))
+    return pa.RecordBatch.from_pylist(out, schema=OUTPUT_SCHEMA)
+
+
+def _reject(raw: bytes, input_file: str, index: int, source: str, layout: str, source_id: str, reason: str, detail: str) -> dict:
+    return {
+        "source": source, "input_file": input_file, "record_index": index, "source_id": source_id, "turn": 0,
+        "layout": layout, "reason": f"malformed:{reason}",
+        "detail": detail[:500].encode("utf-8", "backslashreplace").decode("utf-8"),
+        "raw": raw.decode("utf-8", errors="backslashreplace"),
+    }  # fmt: skip
 
 
 def _rows(raw: bytes, input_file: str, index: int, source: str, layout: str, turns: str) -> Iterable[dict]:
     fallback_id = f"{input_file}#{index}"
-    base = {"source": source, "input_file": input_file, "record_index": index}
     try:
         found_layout, source_id, turn_rows = parse_record(raw, layout, turns)
     except Malformed as e:
-        yield {
-            **base, "source_id": e.source_id or fallback_id, "turn": 0, "layout": layout, "reason": f"malformed:{e.reason}",
-            "detail": e.detail[:500], "raw": raw.decode("utf-8", errors="backslashreplace"),
-        }  # fmt: skip
+        yield _reject(raw, input_file, index, source, layout, e.source_id or fallback_id, e.reason, e.detail)
         return
+    # Any other failure (RecursionError past the depth check, a type no branch foresaw) is this record's
+    # alone: it becomes a reject, and the batch goes on.
+    except Exception as e:
+        yield _reject(raw, input_file, index, source, layout, fallback_id, "parse_error", f"{type(e).__name__}: {e}")
+        return
+    base = {"source": source, "input_file": input_file, "record_index": index}
     for turn, row in enumerate(turn_rows):
         text = normalize(row.pop("text"))
         yield {
