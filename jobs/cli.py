@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
-from instructlake.jobs.config import ConfigError, load_config
+from instructlake.jobs.config import Config, ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,8 +25,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def preflight(conf: Config, stages: list[str]) -> str | None:
+    """What would fail only after Spark started (tens of seconds, deep in a traceback): input paths that
+    match nothing or cannot be read, a lake that cannot be written. None when all is well."""
+    if "ingest" in stages:
+        from instructlake.jobs.ingest import expand
+
+        for inp in conf.ingest.inputs:
+            try:
+                files = expand(inp)
+            except FileNotFoundError as e:
+                return str(e)
+            unreadable = [f for f in files if "://" not in f and not os.access(f, os.R_OK)]
+            if unreadable:
+                return f"ingest.inputs: cannot read {unreadable[0]!r} (permission denied)"
+    root = conf.run.lake_root
+    if conf.tables.catalog or "://" in root:
+        return None
+    path = Path(root).resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"run.lake_root: {root!r} cannot be created: {str(existing)!r} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"run.lake_root: {root!r} is not writable ({str(existing)!r} denies writing)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    # Intermixed: `sql --format csv "SELECT ..."` works, not only options after the query.
+    args = _parser().parse_intermixed_args(argv)
     try:
         conf = load_config(args.conf, args.sets)
     except ConfigError as e:
@@ -39,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return print_query(conf, args.query, fmt=args.format, max_rows=args.max_rows)
 
+    stages = conf.pipeline.stages if args.command == "pipeline" else [args.command]
+    if problem := preflight(conf, stages):
+        print(f"instructlake: {problem}", file=sys.stderr)
+        return 2
+
     from instructlake.jobs.runs import Context, run_stage
 
     ctx = Context.create(conf)
-    stages = conf.pipeline.stages if args.command == "pipeline" else [args.command]
     logging.getLogger("instructlake").info("run %s: stages %s, delta backend %s", ctx.run_id, stages, ctx.store.backend)
     results = [run_stage(ctx, s) for s in stages]
     summary = {

@@ -24,6 +24,14 @@ def _extension_file() -> Path:
     return found[0]
 
 
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def connect(conf: Config) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per existing Delta table."""
     if conf.tables.catalog:
@@ -33,24 +41,30 @@ def connect(conf: Config) -> duckdb.DuckDBPyConnection:
     for name in conf.tables.names:
         path = table_location(conf, name)
         if "://" in path or (Path(path) / "_delta_log").is_dir():
-            con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM delta_scan('{path}')")
+            con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM delta_scan({_literal(path)})")
     return con
 
 
 def print_query(conf: Config, query: str, fmt: str = "table", max_rows: int = 40) -> int:
-    con = connect(conf)
+    """Run one query and print its result; any DuckDB error (at bind time or while rows are produced) is
+    one line on stderr and exit status 1."""
+    try:
+        con = connect(conf)
+    except (duckdb.Error, ValueError, FileNotFoundError) as e:
+        print(f"instructlake sql: {_first_line(e)}", file=sys.stderr)
+        return 1
     try:
         rel = con.sql(query)
+        if rel is None:
+            return 0
+        if fmt == "table":
+            rel.show(max_rows=max_rows, max_width=200)
+            return 0
+        columns, rows = rel.columns, rel.fetchall()
     except duckdb.Error as e:
         views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
-        print(f"instructlake sql: {e}\ntables available: {', '.join(views) or '(none yet: run a stage first)'}", file=sys.stderr)
+        print(f"instructlake sql: {_first_line(e)} (tables available: {', '.join(views) or 'none yet, run a stage first'})", file=sys.stderr)
         return 1
-    if rel is None:
-        return 0
-    if fmt == "table":
-        rel.show(max_rows=max_rows, max_width=200)
-        return 0
-    columns, rows = rel.columns, rel.fetchall()
     if fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
@@ -59,3 +73,7 @@ def print_query(conf: Config, query: str, fmt: str = "table", max_rows: int = 40
         for row in rows:
             print(json.dumps(dict(zip(columns, row)), default=str, ensure_ascii=False))
     return 0
+
+
+def _first_line(e: Exception) -> str:
+    return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
