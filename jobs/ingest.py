@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterator
 
-import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -93,21 +93,22 @@ def _numbered_lines(spark: SparkSession, files: list[str]) -> DataFrame:
         offsets[(row["input_file"], row["block"])] = running.get(row["input_file"], 0)
         running[row["input_file"]] = running.get(row["input_file"], 0) + row["count"]
 
-    def number(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def number(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         seen: dict[tuple[str, int], int] = {}
         for b in batches:
             index = []
-            for f, blk in zip(b["input_file"], b["block"]):
-                k = (f, int(blk))
+            for k in zip(b.column("input_file").to_pylist(), b.column("block").to_pylist()):
                 seen[k] = seen.get(k, 0) + 1
                 index.append(offsets[k] + seen[k])
-            yield pd.DataFrame({"input_file": b["input_file"], "record_index": index, "raw": b["raw"], "error": None})
+            columns = [b.column("input_file"), pa.array(index), b.column("raw"), pa.nulls(b.num_rows)]
+            yield pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(columns, rec.RECORD_SCHEMA)], schema=rec.RECORD_SCHEMA)
 
-    return lines.mapInPandas(number, rec.RECORD_DDL)
+    return lines.mapInArrow(number, rec.RECORD_DDL)
 
 
-def _whole_files(spark: SparkSession, files: list[str], read) -> DataFrame:
-    return spark.read.format("binaryFile").load(files).select("path", "content").mapInArrow(rec.from_files(read), rec.RECORD_DDL)
+def _whole_files(spark: SparkSession, files: list[str], read: Callable) -> DataFrame:
+    files_df = spark.read.format("binaryFile").load(files).select("path", "content")
+    return files_df.mapInArrow(rec.from_files(read), rec.RECORD_DDL)
 
 
 def _readers(fmt: str, files: list[str]) -> list[tuple[list[str], Callable | None]]:

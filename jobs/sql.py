@@ -63,7 +63,8 @@ def print_query(conf: Config, query: str, fmt: str = "table", max_rows: int = 40
         columns, rows = rel.columns, rel.fetchall()
     except duckdb.Error as e:
         views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
-        print(f"instructlake sql: {_first_line(e)} (tables available: {', '.join(views) or 'none yet, run a stage first'})", file=sys.stderr)
+        available = ", ".join(views) or "none yet, run a stage first"
+        print(f"instructlake sql: {_first_line(e)} (tables available: {available})", file=sys.stderr)
         return 1
     if fmt == "csv":
         writer = csv.writer(sys.stdout)

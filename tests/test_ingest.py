@@ -193,12 +193,19 @@ def test_no_matching_input_is_a_clear_error(ctx_factory, tmp_path):
         (b'{"conversation": [7]}', "bad_message"),
         (b'{"id": 1}', "missing_text"),
         (b'{"text": ["a"]}', "non_string_content"),
+        (b'{"text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "too_deep"),
+        (b'{"id": "s", "text": "\\udc00"}', "invalid_unicode"),
     ],
 )
 def test_parse_record_reasons(raw, reason):
     with pytest.raises(Malformed) as e:
         parse_record(raw)
     assert e.value.reason == reason
+
+
+def test_parse_record_bom_brackets_in_strings_and_odd_tags():
+    _, sid, rows = parse_record(b'\xef\xbb\xbf{"id": "b", "text": "' + b"[{" * 200 + b'", "lang": 5, "model": {}}')
+    assert (sid, rows[0]["text"], rows[0]["source_lang"], rows[0]["source_model"]) == ("b", "[{" * 200, None, None)
 
 
 def test_parse_record_sharegpt_and_instruction_input():

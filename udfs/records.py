@@ -191,7 +191,5 @@ def from_files(read: Callable[[memoryview], Iterator[Record]]):
 
 def _batch(path: str, rows: list[Record]) -> pa.RecordBatch:
     index, raw, error = zip(*rows)
-    return pa.RecordBatch.from_arrays(
-        [pa.array([path] * len(rows), pa.string()), pa.array(index, pa.int64()), pa.array(raw, pa.binary()), pa.array(error, pa.string())],
-        schema=RECORD_SCHEMA,
-    )
+    columns = [[path] * len(rows), index, raw, error]
+    return pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(columns, RECORD_SCHEMA)], schema=RECORD_SCHEMA)
