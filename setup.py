@@ -7,7 +7,7 @@ from setuptools import setup
 HERE = Path(__file__).resolve().parent
 
 # Spark and delta-spark are an extra: Databricks runtimes bring their own and must not get PyPI's.
-SPARK = ["pyspark==4.2.0", "delta-spark==4.4.1"]
+SPARK = ["pyspark==4.2.0", "delta-spark==4.4.0"]
 BASE = [
     "pandas>=2.2,<3",
     "pyarrow>=16",

@@ -71,6 +71,11 @@ if [[ -z "$PYSPARK_DRIVER_PYTHON" ]]; then
   echo "spark-submit.sh: no python3 on PATH; set PYSPARK_DRIVER_PYTHON" >&2
   exit 2
 fi
+if [[ "$INSTRUCTLAKE_CLUSTER_PYTHON" != /* ]]; then
+  # Executors start it from their own working directories, where a relative path finds nothing.
+  echo "spark-submit.sh: INSTRUCTLAKE_CLUSTER_PYTHON must be an absolute path on every node (got $INSTRUCTLAKE_CLUSTER_PYTHON)" >&2
+  exit 2
+fi
 
 run() {
   if [[ "$DRY_RUN" == "1" ]]; then

@@ -63,6 +63,9 @@ class SparkConf(_Section):
 class DeltaConf(_Section):
     backend: Literal["auto", "spark", "rs"]
     jars: list[str]
+    packages: list[str]
+    ivy_dir: str | None
+    resolve_timeout_s: float = Field(gt=0)
     commit_retries: int = Field(ge=0)
     storage_options: dict[str, str]
 

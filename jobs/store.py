@@ -155,7 +155,8 @@ def table_location(conf: Config, name: str) -> str:
     t = conf.tables
     physical = t.names.get(name, name)
     if t.catalog:
-        return ".".join(p for p in (t.catalog, t.schema_, physical) if p)
+        # Quoted: a part may be an SQL keyword (Spark 4 parses `...instructlake.runs` as one).
+        return ".".join(f"`{p}`" for p in (t.catalog, t.schema_, physical) if p)
     root = conf.run.lake_root
     return f"{root.rstrip('/')}/{physical}" if "://" in root else str(Path(root).resolve() / physical)
 
@@ -226,9 +227,17 @@ class TableStore:
         else:
             from delta.tables import DeltaTable
 
-            builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
             loc = self.location(name)
-            (builder.tableName(loc) if self.conf.tables.catalog else builder.location(loc)).execute()
+            t = self.conf.tables
+            # Asked first: on Unity Catalog a user may use a schema that they may not create.
+            if t.catalog and t.schema_ and not self.spark.catalog.databaseExists(f"`{t.catalog}`.`{t.schema_}`"):
+                self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{t.catalog}`.`{t.schema_}`")
+            if t.catalog:
+                # SQL rather than the builder: its tableName() takes no three-part names outside Databricks.
+                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}" for f in schema.fields)
+                self.spark.sql(f"CREATE TABLE IF NOT EXISTS {loc} ({columns}) USING DELTA")
+            else:
+                DeltaTable.createIfNotExists(self.spark).addColumns(schema).location(loc).execute()
             have = set(self._delta_table(name).toDF().columns)
             missing = [f for f in schema.fields if f.name not in have]
             if missing:
@@ -307,14 +316,20 @@ class TableStore:
             table = self.rs_table(name)._table()
             # full: also files no commit ever referenced (the log-only mode sees only removed files).
             return len(table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=enforce, full=True))
-        key = "spark.databricks.delta.retentionDurationCheck.enabled"
-        previous = self.spark.conf.get(key, "true")
-        self.spark.conf.set(key, str(enforce).lower())
+        # Delta 4.4 ignores a RETAIN other than 0 unless told not to (it would use the table property).
+        settings = {
+            "spark.databricks.delta.retentionDurationCheck.enabled": str(enforce).lower(),
+            "spark.databricks.delta.vacuum.retentionWindowIgnore.enabled": "false",
+        }
+        previous = {k: self.spark.conf.get(k, None) for k in settings}
+        for k, v in settings.items():
+            self.spark.conf.set(k, v)
         try:
             table = self._delta_table(name)
             table.vacuum(retention_hours)
         finally:
-            self.spark.conf.set(key, previous)
+            for k, v in previous.items():
+                self.spark.conf.unset(k) if v is None else self.spark.conf.set(k, v)
         last = table.history(1).select("operation", "operationMetrics").first()
         if last and last[0] == "VACUUM END" and last[1] and "numDeletedFiles" in last[1]:
             return int(last[1]["numDeletedFiles"])
@@ -355,7 +370,8 @@ class TableStore:
             # ids carry a per-call nonce: a repeated call with the same run id (a repaired job) must commit
             # what the first call did not, while a retried task of this call still commits at most once.
             nonce = uuid.uuid4().hex[:12]
-            inserted = self.append(new, name, run_id=run_id, stage=stage, chunk=f"insert-{nonce}")
+            # An empty append is still a commit on delta-spark: an identical re-run must leave no version.
+            inserted = self.append(new, name, run_id=run_id, stage=stage, chunk=f"insert-{nonce}") if new.count() else 0
             if n_updates:
                 self._merge_rows(updates, name, run_id=run_id, stage=f"{stage}-{nonce}")
             return MergeResult(inserted=inserted, updated=n_updates)

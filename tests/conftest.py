@@ -1,4 +1,10 @@
-"""Shared fixtures: one local SparkSession per test run, a fresh lake per test, the shared real data."""
+"""Shared fixtures: one local SparkSession per test run, a fresh lake per test, the shared real data.
+
+The session has delta-spark's jars (resolved from Maven Central once into IVY_DIR), so one JVM serves
+both Delta backends: `backend` is a session-scoped parameter, and every test that builds a Context
+through `ctx_factory` (or passes `delta.backend={backend}` itself) runs once on delta-rs and once on
+delta-spark. pytest orders the tests by that parameter, so module fixtures are built once per backend.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+IVY_DIR = REPO / ".scratch" / "ivy"  # the default work dir's Ivy cache: shared with `make demo`
+BACKENDS = ("rs", "spark")
 
 
 def pytest_configure(config):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "delta_spark: needs the delta-spark jars (skipped without them)")
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +37,10 @@ def make_conf(tmp_path: Path, *sets: str, files: tuple[str, ...] = ("conf/local.
 
     return load_config(
         [REPO / f for f in files],
-        [f"run.lake_root={tmp_path / 'lake'}", f"run.work_dir={tmp_path / 'work'}", "spark.fast_jvm_start=true", *sets],
+        [
+            f"run.lake_root={tmp_path / 'lake'}", f"run.work_dir={tmp_path / 'work'}", f"delta.ivy_dir={IVY_DIR}",
+            "spark.fast_jvm_start=true", *sets,
+        ],  # fmt: skip
     )
 
 
@@ -38,19 +48,27 @@ def make_conf(tmp_path: Path, *sets: str, files: tuple[str, ...] = ("conf/local.
 def spark(tmp_path_factory):
     from instructlake.jobs.session import build_session
 
-    conf = make_conf(tmp_path_factory.mktemp("spark"), 'spark.conf={"spark.ui.enabled": "false"}')
+    conf = make_conf(tmp_path_factory.mktemp("spark"), "delta.backend=spark", 'spark.conf={"spark.ui.enabled": "false"}')
     session = build_session(conf)
     yield session
     session.stop()
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def ctx_factory(spark, tmp_path):
-    """ctx_factory(*sets) -> a Context on the shared session with a lake of its own under tmp_path."""
+def ctx_factory(spark, tmp_path, backend):
+    """ctx_factory(*sets) -> a Context on the shared session with a lake of its own under tmp_path, on
+    the test's Delta backend."""
     from instructlake.jobs.runs import Context
 
     def make(*sets: str):
-        return Context.create(make_conf(tmp_path, *sets), spark=spark)
+        ctx = Context.create(make_conf(tmp_path, f"delta.backend={backend}", *sets), spark=spark)
+        assert ctx.store.backend == backend
+        return ctx
 
     return make
 

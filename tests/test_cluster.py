@@ -73,11 +73,12 @@ class Submission:
         conf_dir = root / "spark-conf"  # the cluster's spark-defaults, as a user's SPARK_CONF_DIR holds them
         conf_dir.mkdir(exist_ok=True)
         # One plain JSON file per application, for the assertions. Delta's default of 50 partitions for
-        # reading a table's log costs minutes over a pipeline run on tables this small.
+        # reading a table's log, and VACUUM's listing in up to 10,000 tasks, cost minutes over a pipeline
+        # run on tables this small.
         (conf_dir / "spark-defaults.conf").write_text(
             f"spark.eventLog.enabled true\nspark.eventLog.dir file://{self.events}\n"
             "spark.eventLog.rolling.enabled false\nspark.eventLog.compress false\nspark.ui.enabled false\n"
-            "spark.databricks.delta.snapshotPartitions 2\n"
+            "spark.databricks.delta.snapshotPartitions 2\nspark.sql.sources.parallelPartitionDiscovery.parallelism 4\n"
         )
         self.log = root / f"submit-{len(list(root.glob('submit-*.log')))}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "INSTRUCTLAKE_"))}

@@ -157,10 +157,10 @@ MAIN_SETS = [
 
 
 @pytest.fixture(scope="module")
-def main(spark, tmp_path_factory, data, tokenizer_file):
+def main(spark, tmp_path_factory, data, tokenizer_file, backend):
     """The main run on ~4,400 rows with the default config except the length limits and redacted: drop."""
     root = tmp_path_factory.mktemp("curate_main")
-    sets = [*MAIN_SETS, f"curate.filters.length.tokenizer={tokenizer_file}"]
+    sets = [f"delta.backend={backend}", *MAIN_SETS, f"curate.filters.length.tokenizer={tokenizer_file}"]
     ctx = Context.create(make_conf(root, *sets), spark=spark)
     write_raw(ctx, data["rows"])
     result = run_stage(ctx, "curate")
@@ -344,12 +344,12 @@ def table_rows(ctx, name):
     return df.sort_values(key).reset_index(drop=True)
 
 
-def test_flags_language_selection_and_growth(spark, tmp_path, data):
+def test_flags_language_selection_and_growth(spark, tmp_path, data, backend):
     rows = small_rows(data)
     ja0, ja1 = data["near_sets"]["ja0"], data["near_sets"]["ja1"]
     # First run: the near-duplicate set ja0 lacks its base; the set ja1 has all four.
     first = [r for r in rows if r["source_id"] != ja0[0]]
-    lake = make_conf(tmp_path / "a", *FLAG_SETS)
+    lake = make_conf(tmp_path / "a", f"delta.backend={backend}", *FLAG_SETS)
     write_raw(Context.create(lake, spark=spark), first)
     run_stage(Context.create(lake, spark=spark), "curate")
     grown = Context.create(lake, spark=spark)  # a new run (run id) on the same lake
@@ -368,7 +368,7 @@ def test_flags_language_selection_and_growth(spark, tmp_path, data):
     result = run_stage(grown, "curate")
 
     # From scratch on the grown table: the same tables, row for row.
-    fresh = Context.create(make_conf(tmp_path / "b", *FLAG_SETS), spark=spark)
+    fresh = Context.create(make_conf(tmp_path / "b", f"delta.backend={backend}", *FLAG_SETS), spark=spark)
     write_raw(fresh, first + extra)
     scratch = run_stage(fresh, "curate")
     for name in ("prompts", "prompts_rejected"):
@@ -426,7 +426,7 @@ def test_connected_components_on_chains_stars_and_cycles(spark):
         connected_components(edges, max_iterations=1)
 
 
-def test_filters_and_near_dedup_off(spark, tmp_path, data):
+def test_filters_and_near_dedup_off(spark, tmp_path, data, backend):
     """With the switches off, nothing is rejected but exact duplicates and languages, nothing clustered."""
     keep = {"flagged", "email", "name", "template-0", "template-1", "short-ok", "gibberish"}
     rows = [r for r in data["rows"] if r["source_id"] in keep or r["source_id"].startswith("near-en0")]
@@ -436,7 +436,7 @@ def test_filters_and_near_dedup_off(spark, tmp_path, data):
         "curate.filters.template.action=off", "curate.filters.length.enabled=false", "curate.near_dedup.enabled=false",
         "curate.langid.langs=[]", "curate.langid.und=keep",
     ]  # fmt: skip
-    ctx = Context.create(make_conf(tmp_path, *sets), spark=spark)
+    ctx = Context.create(make_conf(tmp_path, f"delta.backend={backend}", *sets), spark=spark)
     write_raw(ctx, rows)
     result = run_stage(ctx, "curate")
     prompts, rejected = table_rows(ctx, "prompts"), table_rows(ctx, "prompts_rejected")

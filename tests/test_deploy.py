@@ -102,12 +102,12 @@ def test_databricks_conf_names_unity_catalog_tables(clean_env):
     from instructlake.jobs.store import table_location
 
     conf = load_config([REPO / "conf" / "databricks.yaml"])
-    assert table_location(conf, "prompts_raw") == "main.instructlake.prompts_raw"
+    assert table_location(conf, "prompts_raw") == "`main`.`instructlake`.`prompts_raw`"
     assert conf.ingest.inputs[0].path.startswith("/Volumes/")
 
     clean_env.setenv("INSTRUCTLAKE_CATALOG", "dev")
     clean_env.setenv("INSTRUCTLAKE_SCHEMA", "il_test")
-    assert table_location(load_config([REPO / "conf" / "databricks.yaml"]), "runs") == "dev.il_test.runs"
+    assert table_location(load_config([REPO / "conf" / "databricks.yaml"]), "runs") == "`dev`.`il_test`.`runs`"
 
 
 # ---- conf/models/*.yaml --------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from instructlake.udfs import generation as G
 from instructlake.udfs.text import normalize, prompt_id
 
 from .conftest import REPO
-from .test_delta_spark import JARS
 
 PROBE = Path(__file__).with_name("engine_probe.py")
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -73,7 +72,7 @@ def responses(ctx):
 # ---- through Spark, real engine -------------------------------------------------------------------------
 
 
-def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_dir, tmp_path):
+def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_dir, tmp_path, backend):
     ctx = make_ctx("generate.tasks=2")
     ids = seed_prompts(ctx, prompts[:5] + prompts[-3:])
     result = run_stage(ctx, "generate")
@@ -93,7 +92,7 @@ def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_d
     run = ctx.store.read("runs").filter(F.col("stage") == "generate").first()
     assert run.status == "succeeded" and run.rows_out == 16
     stats = result.stats
-    assert stats["commit"] == "direct" and stats["chunks"] >= 3 and stats["completion_tokens"] == df.completion_tokens.sum()
+    assert stats["commit"] == {"rs": "direct", "spark": "staged"}[backend] and stats["chunks"] >= 3 and stats["completion_tokens"] == df.completion_tokens.sum()
     assert all(v == 1 for v in stats["engine_builds_per_worker"].values())
 
     # The reference: one plain vllm.LLM + LLM.chat call in a process of its own, same prompts and seeds.
@@ -286,10 +285,14 @@ def test_staged_chunks_of_a_crashed_driver_are_recovered_by_the_next_run(make_ct
 
 
 @pytest.mark.parametrize("commit", ["direct", "staged"])
-def test_fault_after_k_chunks_then_resume_answers_every_prompt_exactly_n_times(make_ctx, prompts, commit, tmp_path):
+def test_fault_after_k_chunks_then_resume_answers_every_prompt_exactly_n_times(make_ctx, prompts, commit, tmp_path, backend):
     sets = ("generate.tasks=2", f"generate.commit={commit}", f"generate.staging_dir={tmp_path / 'staging'}")
     ctx = make_ctx(*sets, "generate.fault_after_chunks=1")
     ids = seed_prompts(ctx, prompts[:20])
+    if backend == "spark" and commit == "direct":  # executors commit only through delta-rs
+        with pytest.raises(ValueError, match="generate.commit=direct needs the delta-rs backend"):
+            run_stage(ctx, "generate")
+        return
     with pytest.raises(Exception, match="InjectedJobFault"):
         run_stage(ctx, "generate")
     partial = responses(ctx)
@@ -366,41 +369,6 @@ def test_generate_on_a_gpu(make_ctx, prompts):
     seed_prompts(ctx, prompts[:8])
     result = run_stage(ctx, "generate")
     assert result.rows_out == 16 and result.stats["engine_version"].startswith("vllm-")
-
-
-DELTA_SPARK_SCRIPT = r"""
-import datetime as dt, json, sys
-from instructlake.jobs.config import load_config
-from instructlake.jobs.runs import Context, run_stage
-from instructlake.jobs.tables import SCHEMAS
-from instructlake.udfs.text import prompt_id
-lake, jars, work, texts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-conf = load_config(["conf/local.yaml"], [f"run.lake_root={lake}", "delta.backend=spark", f"delta.jars=[{jars}]",
-                    f"run.work_dir={work}", "generate.input=prompts", "generate.sampling.max_tokens=8",
-                    "generate.chunk_rows=2"])
-ctx = Context.create(conf)
-now = dt.datetime.now(dt.timezone.utc)
-rows = [dict(prompt_id=prompt_id(t), text=t, lang="en", run_id="s", created_at=now) for t in texts]
-ctx.store.append(ctx.spark.createDataFrame(rows, SCHEMAS["prompts"]), "prompts", run_id="s", stage="t")
-r1 = run_stage(ctx, "generate")
-v = ctx.store.version("responses")
-r2 = run_stage(Context.create(conf, spark=ctx.spark), "generate")
-print("RESULT " + json.dumps({"backend": ctx.store.backend, "commit": r1.stats["commit"], "out": [r1.rows_out, r2.rows_out],
-      "count": ctx.store.read("responses").count(), "unchanged": ctx.store.version("responses") == v}))
-"""
-
-
-@pytest.mark.delta_spark
-@pytest.mark.skipif(not JARS, reason="delta-spark jars absent (no Maven Central here); set INSTRUCTLAKE_DELTA_JARS to run")
-def test_generate_on_delta_spark_stages_and_merges(tmp_path, work_dir):
-    texts = ["Why is the sky blue?", "Name three rivers.", "What is 2+2?"]
-    proc = subprocess.run(
-        [sys.executable, "-c", DELTA_SPARK_SCRIPT, str(tmp_path / "lake"), ",".join(JARS), str(work_dir), json.dumps(texts)],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    assert out == {"backend": "spark", "commit": "staged", "out": [6, 0], "count": 6, "unchanged": True}
 
 
 def test_import_of_the_executor_module_loads_no_engine():
