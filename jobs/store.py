@@ -161,6 +161,10 @@ def table_location(conf: Config, name: str) -> str:
     return f"{root.rstrip('/')}/{physical}" if "://" in root else str(Path(root).resolve() / physical)
 
 
+def _columns_ddl(fields, not_null: bool = True) -> str:
+    return ", ".join(f"`{f.name}` {f.dataType.simpleString()}{' NOT NULL' if not_null and not f.nullable else ''}" for f in fields)
+
+
 class TableStore:
     """Create, append, merge, read and inspect the project's Delta tables."""
 
@@ -234,16 +238,15 @@ class TableStore:
                 self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{t.catalog}`.`{t.schema_}`")
             if t.catalog:
                 # SQL rather than the builder: its tableName() takes no three-part names outside Databricks.
-                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}" for f in schema.fields)
-                self.spark.sql(f"CREATE TABLE IF NOT EXISTS {loc} ({columns}) USING DELTA")
+                self.spark.sql(f"CREATE TABLE IF NOT EXISTS {loc} ({_columns_ddl(schema.fields)}) USING DELTA")
             else:
                 DeltaTable.createIfNotExists(self.spark).addColumns(schema).location(loc).execute()
             have = set(self._delta_table(name).toDF().columns)
             missing = [f for f in schema.fields if f.name not in have]
             if missing:
                 target = loc if self.conf.tables.catalog else f"delta.`{loc}`"
-                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
-                self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({columns})")
+                # Added columns stay nullable: the rows already there have no value for them.
+                self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({_columns_ddl(missing, not_null=False)})")
         if missing:
             log.warning("table %s: added columns %s (the table predates them)", name, [f.name for f in missing])
         self._current.add(name)
