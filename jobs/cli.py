@@ -11,6 +11,8 @@ from pathlib import Path
 
 from instructlake.jobs.config import Config, ConfigError, load_config
 
+EX_TEMPFAIL = 75  # sysexits: another run holds a table this one writes; try again later
+
 
 def _parser() -> argparse.ArgumentParser:
     from instructlake.jobs.runs import STAGES
@@ -73,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructlake: {problem}", file=sys.stderr)
         return 2
 
+    from instructlake.jobs.lease import LeaseHeld
     from instructlake.jobs.runs import Context, run_stage
 
     ctx = Context.create(conf)
     logging.getLogger("instructlake").info("run %s: stages %s, delta backend %s", ctx.run_id, stages, ctx.store.backend)
-    results = [run_stage(ctx, s) for s in stages]
+    try:
+        results = [run_stage(ctx, s) for s in stages]
+    except LeaseHeld as e:
+        print(f"instructlake: {e}", file=sys.stderr)
+        return EX_TEMPFAIL
     summary = {
         "run_id": ctx.run_id,
         "delta_backend": ctx.store.backend,

@@ -34,11 +34,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LeaseConf(_Section):
+    wait_s: float = Field(ge=0)
+    ttl_s: float = Field(gt=0)
+    heartbeat_s: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> "LeaseConf":
+        if self.heartbeat_s * 2 > self.ttl_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be at most ttl_s / 2 ({self.ttl_s / 2}): a lease would lapse between renewals")
+        return self
+
+
 class RunConf(_Section):
     lake_root: str
     run_id: str | None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
     work_dir: str
+    lease: LeaseConf
 
 
 class SparkConf(_Section):
@@ -208,6 +221,7 @@ class ReportConf(_Section):
 
 class MaintainConf(_Section):
     tables: list[str]
+    dedup: bool
     compact: bool
     target_file_mb: int = Field(ge=1)
     vacuum: bool

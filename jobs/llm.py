@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import fcntl
 import logging
 import os
 import subprocess
@@ -106,13 +107,18 @@ def _ensure_tiny_model(out: Path) -> None:
 
     if is_built(out):
         return
-    # A subprocess, so the driver never imports torch/transformers for it.
-    log.info("building the tiny local chat model in %s", out)
-    proc = subprocess.run(
-        [sys.executable, "-m", "instructlake.udfs.tiny_model", str(out)], capture_output=True, text=True, timeout=600
-    )
-    if proc.returncode:
-        raise RuntimeError(f"building the tiny model failed:\n{proc.stderr[-3000:]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing a work dir build it once
+        if is_built(out):
+            return
+        # A subprocess, so the driver never imports torch/transformers for it.
+        log.info("building the tiny local chat model in %s", out)
+        proc = subprocess.run(
+            [sys.executable, "-m", "instructlake.udfs.tiny_model", str(out)], capture_output=True, text=True, timeout=600
+        )
+        if proc.returncode:
+            raise RuntimeError(f"building the tiny model failed:\n{proc.stderr[-3000:]}")
 
 
 def _read_template(value: str | None) -> str | None:

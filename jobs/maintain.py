@@ -4,7 +4,11 @@ needs, including data files of killed writers that no commit references, and sta
 killed tasks.
 
 Each table's row count is taken from the log before and after compaction and must not change; the run
-record holds, per table, files and bytes before and after, files rewritten, and files vacuumed.
+record holds, per table, duplicate rows removed, files and bytes before and after, files rewritten, and
+files vacuumed.
+
+First, with `dedup`, a keyed table that holds a key twice (a lake that concurrent runs wrote before
+leases existed) keeps only the newest row per key: the repair path for doubled lakes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ def run(ctx: Context) -> StageResult:
     stats: dict = {"tables": {}, "absent": [n for n in listed if n not in names]}
     rows_in = rows_out = 0
     for name in names:
-        before = store.file_stats(name)
-        entry: dict = {"before": before}
+        entry: dict = {}
+        if c.dedup:
+            entry["duplicates_removed"] = store.dedup(name, run_id=ctx.run_id, stage=STAGE)
+            if entry["duplicates_removed"]:
+                log.warning("maintain %s: removed %d duplicate row(s) by key, kept the newest", name, entry["duplicates_removed"])
+        entry["before"] = before = store.file_stats(name)
         if c.compact:
             entry["compacted"] = store.compact(name, c.target_file_mb * 2**20, run_id=ctx.run_id, stage=STAGE)
         if c.vacuum:

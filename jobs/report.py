@@ -75,7 +75,12 @@ def build(ctx: Context) -> tuple[str, dict[str, int]]:
 
     if "runs" in present:
         runs = store.read("runs").orderBy(F.col("started_at").desc())
-        parts.append(_table(_rows(runs.select("run_id", "stage", "status", "rows_in", "rows_out", "rows_rejected", "started_at", "finished_at"), top), "Recent stage runs"))
+        # The first line of the error: why a run failed, or why it was found abandoned (its driver died).
+        note = F.substring(F.split(F.coalesce("error", F.lit("")), "\n").getItem(0), 1, 200).alias("note")
+        parts.append(_table(_rows(runs.select("run_id", "stage", "status", "rows_in", "rows_out", "rows_rejected", "started_at", "finished_at", note), top), "Recent stage runs"))
+    if "leases" in present and counts.get("leases"):
+        leases = store.read("leases").select("resource", "run_id", "stage", "host", "pid", "acquired_at", "heartbeat_at", "expires_at")
+        parts.append(_table(_rows(leases.orderBy("resource"), top), "Leases held (tables being written now)"))
     if "prompts_raw" in present:
         by_source = _rows(store.read("prompts_raw").groupBy("source").count().orderBy(F.desc("count")), top)
         parts.append(_table(by_source, "Ingested prompts per source"))

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
 import json
 import logging
 import secrets
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from instructlake.jobs.config import Config, scrub
+from instructlake.jobs.lease import Lease, mark_abandoned, utcnow
 from instructlake.jobs.session import build_session, choose_backend
 from instructlake.jobs.store import TableStore
+from instructlake.jobs.tables import SCHEMAS
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,32 @@ STAGES: dict[str, str] = {
 }
 
 
+# What each stage writes: leased for its run, so two runs never write one table at once. `runs` and
+# `leases` are left out: every run writes its own rows there, by key, through conflict-checked MERGEs.
+WRITES: dict[str, tuple[str, ...]] = {
+    "ingest": ("prompts_raw", "prompts_rejected"),
+    "curate": ("prompts", "prompts_rejected"),
+    "translate": ("translations", "generation_errors"),
+    "generate": ("responses", "generation_errors"),
+    "judge": ("judgements", "generation_errors"),
+    "reverse": ("reverse_steps", "generation_errors", "responses"),
+    "quality": ("response_checks", "expectation_results"),
+}
+
+
+def writes(conf: Config, stage: str) -> list[str]:
+    """The resources a stage run leases: tables by name, output directories as `path:<absolute path>`."""
+    if stage == "export":
+        return [f"path:{Path(conf.export.path).resolve()}"]
+    if stage == "report":
+        return [f"path:{Path(conf.report.path).resolve()}"]
+    if stage == "maintain":
+        return [t for t in (conf.maintain.tables or SCHEMAS) if t not in ("runs", "leases")]
+    return list(WRITES[stage])
+
+
 def new_run_id() -> str:
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return f"{utcnow():%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 @dataclass
@@ -69,8 +91,9 @@ class StageResult:
 
 
 def run_stage(ctx: Context, stage: str) -> StageResult:
-    """Run one stage and record it in `runs`: 'running' first, then 'succeeded' with its counts or
-    'failed' with the error (secrets scrubbed). The exception still propagates."""
+    """Run one stage under a lease on what it writes and record it in `runs`: 'running' first, then
+    'succeeded' with its counts or 'failed' with the error (secrets scrubbed). The exception still
+    propagates; LeaseHeld when another live run writes the same tables."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {list(STAGES)}")
     module = importlib.import_module(STAGES[stage])
@@ -83,10 +106,23 @@ def run_stage(ctx: Context, stage: str) -> StageResult:
         "started_at": started,
         "created_at": started,
     }
-    ctx.store.write_rows([{**record, "status": "running"}], "runs", run_id=ctx.run_id, stage=stage)
-    log.info("stage %s: run %s started", stage, ctx.run_id)
+    # Leased before anything is written: a run refused here (LeaseHeld) leaves no trace in the tables.
+    with Lease(ctx.store, ctx.conf.run.lease, ctx.run_id, stage, writes(ctx.conf, stage)) as lease:
+        mark_abandoned(ctx.store, ctx.conf.run.lease.ttl_s, exclude=(ctx.run_id, stage))
+        ctx.store.write_rows([{**record, "status": "running"}], "runs", run_id=ctx.run_id, stage=stage)
+        log.info("stage %s: run %s started", stage, ctx.run_id)
+        ctx.store.guard = lease.check
+        try:
+            return _run_leased(ctx, module, stage, record, lease)
+        finally:
+            ctx.store.guard = None
+
+
+def _run_leased(ctx: Context, module, stage: str, record: dict[str, Any], lease: Lease) -> StageResult:
+    started = record["started_at"]
     try:
         result: StageResult = module.run(ctx)
+        lease.check()  # a lapsed lease fails the run: its rows may interleave with another run's
     except BaseException as exc:
         error = scrub("".join(traceback.format_exception_only(type(exc), exc)).strip(), ctx.conf)
         ctx.store.write_rows(

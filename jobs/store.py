@@ -13,13 +13,14 @@ only real changes are sent to the Delta writer.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 from pyspark import StorageLevel
@@ -93,18 +94,62 @@ class RsTable:
 
         return self._retry(commit, app_id)
 
-    def delete(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None) -> bool:
-        """Delete the rows whose `keys` appear in `data` (a MERGE whose only clause deletes matches)."""
+    def delete(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None, when: str | None = None) -> bool:
+        """Delete the rows whose `keys` appear in `data` (a MERGE whose only clause deletes matches), only
+        those where the SQL predicate `when` (over t. and s.) holds when it is given."""
         from deltalake import CommitProperties, Transaction
 
-        data = data.select(list(keys)).cast(pa.schema([self.schema.field(k) for k in keys]))
+        cols = list(keys) if when is None else self.schema.names
+        data = data.select(cols).cast(pa.schema([self.schema.field(k) for k in cols]))
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
 
         def commit() -> None:
-            self._table().merge(data, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props).when_matched_delete().execute()
+            merger = self._table().merge(data, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props)
+            merger.when_matched_delete(predicate=when).execute()
 
         return self._retry(commit, app_id)
+
+    def upsert_where(self, data: pa.Table, keys: tuple[str, ...], when: str) -> None:
+        """Insert the rows of `data` whose keys are absent; update the matched ones only where the SQL
+        predicate `when` holds. Evaluated against the version the commit lands on: a concurrent commit
+        makes this one fail and be retried, so the predicate always sees the latest row (a compare-and-set)."""
+        data = self.conform(data)
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+        def commit() -> None:
+            merger = self._table().merge(data, predicate=predicate, source_alias="s", target_alias="t")
+            merger.when_matched_update_all(predicate=when).when_not_matched_insert_all().execute()
+
+        self._retry(commit, None)
+
+    def replace(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None) -> bool:
+        """In one commit, delete every row whose keys appear in `data` and insert `data` (one row per key).
+        The source holds each row twice: keyed (matches, deletes all copies) and with null keys (matches
+        nothing, is inserted)."""
+        from deltalake import CommitProperties, Transaction
+
+        data = self.conform(data)
+        marks = [f"__k_{k}" for k in keys]
+        keyed = data
+        unkeyed = data
+        for k, m in zip(keys, marks):
+            keyed = keyed.append_column(m, data[k])
+            unkeyed = unkeyed.append_column(m, pa.nulls(data.num_rows, data.schema.field(k).type))
+        source = pa.concat_tables([keyed, unkeyed])
+        predicate = " AND ".join(f"t.`{k}` = s.`{m}`" for k, m in zip(keys, marks))
+        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
+
+        def commit() -> None:
+            merger = self._table().merge(source, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props)
+            merger.when_matched_delete().when_not_matched_insert({c: f"s.`{c}`" for c in self.schema.names}).execute()
+
+        return self._retry(commit, app_id)
+
+    def rows(self, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        # Filtered here: delta-rs's string_view columns match no pyarrow filter kernel for a str.
+        where = where or {}
+        return [r for r in self._table().to_pyarrow_table().to_pylist() if all(r[k] == v for k, v in where.items())]
 
     def _retry(self, commit, app_id: str | None) -> bool:
         from deltalake.exceptions import CommitFailedError
@@ -123,9 +168,9 @@ class RsTable:
         raise AssertionError("unreachable")
 
 
-def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] | None, delete: bool = False):
-    """mapInArrow body: each task commits its rows once (append, or merge when keys are given, or a
-    delete of those keys with `delete`)."""
+def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] | None, op: str = "merge"):
+    """mapInArrow body: each task commits its rows once: an append without keys, else `op` on the keys
+    (merge, delete or replace)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -137,10 +182,7 @@ def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] |
         if rows:
             data = pa.Table.from_batches(batches)
             app_id = f"{app_prefix}/{pid}"
-            if delete:
-                done = target.delete(data, keys, app_id)
-            else:
-                done = target.merge(data, keys, app_id) if keys else target.append(data, app_id)
+            done = getattr(target, op)(data, keys, app_id) if keys else target.append(data, app_id)
             skipped = not done
         yield pa.RecordBatch.from_pylist(
             [{"partition": pid, "rows": 0 if skipped else rows, "skipped": skipped}],
@@ -173,6 +215,8 @@ class TableStore:
             raise ValueError(f"unknown delta backend {backend!r}")
         self.spark, self.conf, self.backend = spark, conf, backend
         self._current: set[str] = set()  # tables created or brought up to their contract by this store
+        # Set by the stage runner to its lease's check: a driver-side write fails once the lease lapsed.
+        self.guard: Callable[[], None] | None = None
         if backend == "rs" and conf.tables.catalog:
             raise ValueError("tables.catalog names metastore tables, which need delta.backend=spark")
 
@@ -217,12 +261,28 @@ class TableStore:
         if name in self._current:
             return
         schema = SCHEMAS[name]
+        for attempt in range(5):
+            try:
+                missing = self._create(name, schema)
+                break
+            except Exception:
+                # Two runs creating one table at once: the loser's commit of version 0 fails (or it sees the
+                # winner's half-made directory); once the winner's commit lands, this one finds the table.
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        if missing:
+            log.warning("table %s: added columns %s (the table predates them)", name, [f.name for f in missing])
+        self._current.add(name)
+
+    def _create(self, name: str, schema: StructType) -> list:
         if self.backend == "rs":
             from deltalake import DeltaTable
             from deltalake.schema import Schema
 
             opts = self.conf.delta.storage_options or None
-            DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=opts)
+            if not DeltaTable.is_deltatable(self.location(name), storage_options=opts):
+                DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=opts)
             table = DeltaTable(self.location(name), storage_options=opts)
             have = {f.name for f in table.schema().fields}
             missing = [f for f in schema.fields if f.name not in have]
@@ -247,9 +307,7 @@ class TableStore:
                 target = loc if self.conf.tables.catalog else f"delta.`{loc}`"
                 # Added columns stay nullable: the rows already there have no value for them.
                 self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({_columns_ddl(missing, not_null=False)})")
-        if missing:
-            log.warning("table %s: added columns %s (the table predates them)", name, [f.name for f in missing])
-        self._current.add(name)
+        return missing
 
     # ---- reads --------------------------------------------------------------------------------------
     def read(self, name: str) -> DataFrame:
@@ -341,6 +399,7 @@ class TableStore:
     # ---- writes -------------------------------------------------------------------------------------
     def append(self, df: DataFrame, name: str, *, run_id: str, stage: str, chunk: str = "0") -> int:
         """Append df; idempotent per (table, stage, run, chunk[, partition]). Returns rows written."""
+        self._check()
         self.create(name)
         df = self._conform(df, name)
         app = f"{self.physical(name)}:{stage}:{run_id}:{chunk}"
@@ -358,6 +417,7 @@ class TableStore:
     def merge(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
         """Upsert df on the table's keys. Rows identical to the stored ones (bookkeeping aside) are not
         written, so a re-run with the same input commits nothing. df must hold each key at most once."""
+        self._check()
         self.create(name)
         keys = KEYS[name]
         df = self._conform(df, name)
@@ -385,7 +445,7 @@ class TableStore:
         keys = KEYS[name]
         if self.backend == "spark":
             cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-            self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+            self._spark_retry(lambda: self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
             return
         # Few partitions: each is one delta-rs MERGE commit, and concurrent MERGEs retry on conflict.
         df = df.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *keys)
@@ -395,6 +455,7 @@ class TableStore:
     def delete(self, keys: DataFrame, name: str, *, run_id: str, stage: str) -> int:
         """Delete the rows whose keys appear in `keys` (a DataFrame with at least the table's key columns).
         Returns the rows deleted; commits nothing when none match."""
+        self._check()
         self.create(name)
         k = list(KEYS[name])
         doomed = self.read(name).select(*k).join(keys.select(*k).distinct(), k, "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
@@ -404,14 +465,127 @@ class TableStore:
                 return 0
             if self.backend == "spark":
                 cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in k)
-                self._delta_table(name).alias("t").merge(doomed.alias("s"), cond).whenMatchedDelete().execute()
+                self._spark_retry(lambda: self._delta_table(name).alias("t").merge(doomed.alias("s"), cond).whenMatchedDelete().execute())
             else:
                 parts = doomed.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
                 app = f"{self.physical(name)}:{stage}:{run_id}:delete-{uuid.uuid4().hex[:12]}"
-                parts.mapInArrow(_commit_partitions(self.rs_table(name), app, tuple(k), delete=True), _RESULT_SCHEMA).collect()
+                parts.mapInArrow(_commit_partitions(self.rs_table(name), app, tuple(k), "delete"), _RESULT_SCHEMA).collect()
             return n
         finally:
             doomed.unpersist()
+
+    def dedup(self, name: str, *, run_id: str, stage: str) -> int:
+        """Repair a keyed table that holds a key more than once (a lake written by concurrent runs before
+        leases): keep the newest row per key (created_at, then run_id), in one commit per partition of keys.
+        Returns the rows removed; commits nothing when every key is unique."""
+        self._check()
+        self.create(name)
+        k = list(KEYS[name])
+        table = self.read(name)
+        counts = table.groupBy(*k).count().filter("count > 1").persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            if not counts.count():
+                return 0
+            removed = counts.agg(F.sum(F.col("count") - 1)).first()[0]
+            from pyspark.sql.window import Window
+
+            newest = Window.partitionBy(*k).orderBy(F.col("created_at").desc_nulls_last(), F.col("run_id").desc_nulls_last())
+            keep = (
+                table.join(counts.select(*k), k, "left_semi")
+                .withColumn("__rank", F.row_number().over(newest))
+                .filter("__rank = 1")
+                .drop("__rank")
+            )
+            keep = self._conform(keep, name)
+            if self.backend == "spark":
+                marked = keep
+                for c in k:
+                    marked = marked.withColumn(f"__k_{c}", F.col(c))
+                unmarked = keep
+                for c in k:
+                    unmarked = unmarked.withColumn(f"__k_{c}", F.lit(None).cast(keep.schema[c].dataType))
+                source = marked.unionByName(unmarked)
+                cond = " AND ".join(f"t.`{c}` = s.`__k_{c}`" for c in k)
+                values = {f"`{c}`": f"s.`{c}`" for c in keep.columns}
+                self._spark_retry(
+                    lambda: self._delta_table(name).alias("t").merge(source.alias("s"), cond).whenMatchedDelete().whenNotMatchedInsert(values=values).execute()
+                )
+            else:
+                parts = keep.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
+                app = f"{self.physical(name)}:{stage}:{run_id}:dedup-{uuid.uuid4().hex[:12]}"
+                parts.mapInArrow(_commit_partitions(self.rs_table(name), app, tuple(k), "replace"), _RESULT_SCHEMA).collect()
+            return int(removed)
+        finally:
+            counts.unpersist()
+
+    # ---- small driver-side tables (run records, leases) ---------------------------------------------
+    def rows(self, name: str, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The rows of a small table (equality filters in `where`) as dicts, timestamps in UTC."""
+        self.create(name)
+        if self.backend == "rs":
+            return self.rs_table(name).rows(where)
+        df = self.read(name)
+        for col, value in (where or {}).items():
+            df = df.filter(F.col(col) == value)
+        return [
+            {k: v.astimezone(dt.timezone.utc) if isinstance(v, dt.datetime) else v for k, v in r.asDict().items()}
+            for r in df.collect()
+        ]
+
+    def upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        """A compare-and-set on a small table: insert rows whose key is absent, update a stored row only
+        where the SQL predicate `when` (over t. the stored row, s. the new one) holds on the latest version."""
+        self.create(name)
+        if self.backend == "rs":
+            self.rs_table(name).upsert_where(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name], when)
+            return
+        df = self.spark.createDataFrame(rows, SCHEMAS[name])
+        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in KEYS[name])
+        self._spark_retry(lambda: self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll(condition=when).whenNotMatchedInsertAll().execute())
+
+    def delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        """Delete the stored rows keyed as in `rows` where the SQL predicate `when` holds (t. stored, s. given)."""
+        self.create(name)
+        if self.backend == "rs":
+            self.rs_table(name).delete(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name], when=when)
+            return
+        df = self.spark.createDataFrame(rows, SCHEMAS[name])
+        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in KEYS[name])
+        self._spark_retry(lambda: self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedDelete(condition=when).execute())
+
+    def _check(self) -> None:
+        if self.guard:
+            self.guard()
+
+    def _spark_retry(self, op):
+        """Run a delta-spark MERGE/DELETE, again on a commit conflict (Delta's optimistic concurrency: a
+        concurrent writer changed what this one read); the retried operation reads the new version."""
+        from delta.exceptions import (
+            ConcurrentAppendException,
+            ConcurrentDeleteDeleteException,
+            ConcurrentDeleteReadException,
+            ConcurrentTransactionException,
+            ConcurrentWriteException,
+            MetadataChangedException,
+        )
+
+        conflicts = (
+            ConcurrentAppendException,
+            ConcurrentDeleteDeleteException,
+            ConcurrentDeleteReadException,
+            ConcurrentTransactionException,
+            ConcurrentWriteException,
+            MetadataChangedException,
+        )
+        retries = self.conf.delta.commit_retries
+        for attempt in range(retries + 1):
+            try:
+                return op()
+            except conflicts:
+                if attempt == retries:
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
 
     def write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
         """Upsert a few driver-side rows (run records): no Spark job on the rs backend."""

@@ -107,6 +107,12 @@ SCHEMAS: dict[str, T.StructType] = {
         rows_in BIGINT, rows_out BIGINT, rows_rejected BIGINT, stats STRING,
         started_at TIMESTAMP, finished_at TIMESTAMP, error STRING, created_at TIMESTAMP"""
     ),
+    # One row per leased resource (a table, an output path, a stage run): who writes it and until when.
+    # A lease not renewed by expires_at is free; jobs/lease.py.
+    "leases": ddl(
+        """resource STRING NOT NULL, lease_id STRING NOT NULL, run_id STRING, stage STRING, host STRING, pid INT,
+        pid_started BIGINT, acquired_at TIMESTAMP, heartbeat_at TIMESTAMP, expires_at TIMESTAMP, created_at TIMESTAMP"""
+    ),
 }
 
 KEYS: dict[str, tuple[str, ...]] = {
@@ -121,4 +127,5 @@ KEYS: dict[str, tuple[str, ...]] = {
     "response_checks": ("response_id",),
     "expectation_results": ("run_id", "table_name", "expectation"),
     "runs": ("run_id", "stage"),
+    "leases": ("resource",),
 }
