@@ -35,7 +35,7 @@ RUN_TIMEOUT_S = 600
 # The columns a run stamps on what it writes, and responses.latency_s, a wall-clock measurement.
 RUN_COLUMNS = {"run_id", "created_at", "latency_s"}
 # Tables about the run itself rather than its data: runs (timings, run ids), expectation_results (keyed by run).
-RUN_TABLES = {"runs", "expectation_results"}
+RUN_TABLES = {"runs", "expectation_results", "leases"}
 
 pytestmark = pytest.mark.skipif(not (VENV_BIN / "spark-submit").is_file(), reason="needs the project venv's pyspark")
 
