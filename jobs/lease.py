@@ -123,17 +123,22 @@ class Lease:
 
     def _try(self) -> list[dict[str, Any]]:
         """One attempt; returns the leases of others that block this run (empty: all are ours)."""
+        blockers = self._take([])
+        gone = sorted(b["lease_id"] for b in blockers if dead(b))
+        if gone:  # a holder on this host that is gone: take its leases over without waiting for the TTL
+            blockers = self._take(gone)
+        if blockers:
+            self._release_rows()
+        return blockers
+
+    def _take(self, gone: list[str]) -> list[dict[str, Any]]:
         now = utcnow()
-        gone = sorted(r["lease_id"] for r in self._held().values() if dead(r))
         when = "t.lease_id = s.lease_id OR t.expires_at < s.heartbeat_at"
         if gone:  # lease ids are hex tokens: safe to inline
             when += f" OR t.lease_id IN ({', '.join(repr(g) for g in gone)})"
         self._acquired_at = now
         self.store.upsert_where(self._rows(now), LEASES, when)
-        blockers = [r for r in self._held().values() if r["lease_id"] != self.lease_id]
-        if blockers:
-            self._release_rows()
-        return blockers
+        return [r for r in self._held().values() if r["lease_id"] != self.lease_id]
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.conf.wait_s

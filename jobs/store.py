@@ -524,7 +524,9 @@ class TableStore:
         self.create(name)
         if self.backend == "rs":
             return self.rs_table(name).rows(where)
-        df = self.read(name)
+        loc = self.location(name)
+        # The latest snapshot, unpinned: these reads decide a compare-and-set that Delta re-checks anyway.
+        df = self.spark.read.format("delta").table(loc) if self.conf.tables.catalog else self.spark.read.format("delta").load(loc)
         for col, value in (where or {}).items():
             df = df.filter(F.col(col) == value)
         return [
