@@ -24,7 +24,6 @@ from instructlake.jobs.tables import KEYS
 from .conftest import IVY_DIR, REPO
 from .test_store import frame, raw_rows
 
-NOW = dt.datetime.now(dt.timezone.utc)
 
 
 def lease(ctx, run_id: str, resources=("prompts",), **conf):
@@ -32,10 +31,11 @@ def lease(ctx, run_id: str, resources=("prompts",), **conf):
 
 
 def foreign_row(resource: str, *, expires_in_s: float, host: str = "other-host", pid: int = 1) -> dict:
+    now = dt.datetime.now(dt.timezone.utc)  # at call time: the suite runs long after this module is imported
     return {
         "resource": resource, "lease_id": "f" * 16, "run_id": "other", "stage": "curate", "host": host, "pid": pid,
-        "pid_started": None, "acquired_at": NOW, "heartbeat_at": NOW, "expires_at": NOW + dt.timedelta(seconds=expires_in_s),
-        "created_at": NOW,
+        "pid_started": None, "acquired_at": now, "heartbeat_at": now, "expires_at": now + dt.timedelta(seconds=expires_in_s),
+        "created_at": now,
     }  # fmt: skip
 
 
@@ -114,15 +114,20 @@ def test_expired_and_dead_holders_are_taken_over_live_ones_are_not(ctx_factory):
 
 def test_heartbeat_renews_and_a_lapsed_lease_fails_the_writer(ctx_factory):
     ctx = ctx_factory()
-    held = lease(ctx, "run-a", ttl_s=4, heartbeat_s=1)
+    held = lease(ctx, "run-a", ttl_s=30, heartbeat_s=1)
     held.acquire()
     first = {r["resource"]: r["expires_at"] for r in ctx.store.rows("leases")}
-    time.sleep(3)
-    renewed = {r["resource"]: r["expires_at"] for r in ctx.store.rows("leases")}
+    deadline = time.monotonic() + 120  # a delta-spark renewal takes seconds on a loaded machine
+    while True:
+        renewed = {r["resource"]: r["expires_at"] for r in ctx.store.rows("leases")}
+        if all(renewed[k] > first[k] for k in first) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert all(renewed[k] > first[k] for k in first), (first, renewed)
+    assert not held.lost
     held._stop.set()
     held._thread.join()
-    held._renewed -= 10  # the driver stalled past ttl_s: the next renewal must refuse, the store too
+    held._renewed -= 100  # the driver stalled past ttl_s: the next renewal must refuse, the store too
     held.renew()
     ctx.store.guard = held.check
     try:
@@ -136,7 +141,8 @@ def test_heartbeat_renews_and_a_lapsed_lease_fails_the_writer(ctx_factory):
 def test_killed_runs_are_marked_abandoned_and_the_report_shows_it(ctx_factory, shared_data):
     ctx = ctx_factory()
     store = ctx.store
-    record = {"config": "{}", "started_at": NOW, "created_at": NOW, "status": "running"}
+    now = dt.datetime.now(dt.timezone.utc)
+    record = {"config": "{}", "started_at": now, "created_at": now, "status": "running"}
     store.write_rows([{**record, "run_id": "killed", "stage": "ingest"}, {**record, "run_id": "alive", "stage": "curate"}], "runs", run_id="t", stage="t")
     store.upsert_where(
         [foreign_row(run_resource("killed", "ingest"), expires_in_s=-5), foreign_row(run_resource("alive", "curate"), expires_in_s=600)],
