@@ -1,6 +1,8 @@
 """Curate throughput on N prompts, against single-process baselines; prints Markdown tables.
 
-    python benchmarks/curate_bench.py [--n 1000000] [--partitions 8] [--driver-memory 6g] [--work DIR]
+    python benchmarks/curate_bench.py [--n 1000000] [--partitions 8] [--driver-memory 6g] [--work DIR] [--set KEY=VALUE]
+
+With --n 9471 it runs on the real rows alone (the shared prompts and the real near-duplicate pairs).
 
 The N prompts are the 9,417 real prompts of ../shared/data plus generated ones, all written into a
 prompts_raw Delta table by Spark tasks (the driver never holds them):
@@ -36,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "prompts"
+NEARDUP = REPO.parent / "shared" / "data" / "neardup" / "pairs_dev.jsonl"
 SOURCES = ["en_dolly_open_qa", "ja_dolly_15k_ja_v0_first5000", "en_arena_hard_v0.1", "en_self_instruct_seed_tasks"]
 DUP, NEAR, EMPTY, SHORT, PII, MODERATION, LONG, TEMPLATE = 50, 70, 72, 75, 78, 85, 86, 90  # kind(i) < bound, per mille
 
@@ -43,11 +46,20 @@ DUP, NEAR, EMPTY, SHORT, PII, MODERATION, LONG, TEMPLATE = 50, 70, 72, 75, 78, 8
 # ---- data ---------------------------------------------------------------------------------------------
 
 
+def dev_pairs() -> list[dict]:
+    with open(NEARDUP, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def real_prompts() -> list[dict]:
+    """The shared prompts, then both sides of every real near-duplicate pair (source `neardup_dev`)."""
     rows = []
     for name in SOURCES:
         with open(SHARED / f"{name}.jsonl", encoding="utf-8") as f:
             rows += [{"source": name, **json.loads(line)} for line in f]
+    for p in dev_pairs():
+        lang = "ja" if re.search(r"[\u3040-\u30ff]", p["a_text"]) else "en"
+        rows += [{"source": "neardup_dev", "id": f"{p['pair_id']}-{s}", "text": p[f"{s}_text"], "lang": lang} for s in "ab"]
     return rows
 
 
@@ -213,7 +225,7 @@ def fasttext_baseline(lake: str) -> dict:
     return {"rows": len(texts), "seconds": time.perf_counter() - start}
 
 
-def datasketch_baseline(lake: str, n_real: int, n: int, threshold: float, num_perm: int) -> dict:
+def datasketch_baseline(lake: str, n_real: int, n: int, threshold: float, num_perm: int, char_ngram: int) -> dict:
     """MinHashLSH over the texts our near-dedup step saw; recall of both on the planted near pairs."""
     import numpy as np
     from datasketch import MinHash, MinHashLSH
@@ -238,7 +250,7 @@ def datasketch_baseline(lake: str, n_real: int, n: int, threshold: float, num_pe
     with lsh.insertion_session() as session:
         for key, t in zip(ids, texts):
             m = MinHash(num_perm=num_perm, hashfunc=identity, permutations=perms, scheme=scheme)
-            h = minhash.shingle_hashes(t)
+            h = minhash.shingle_hashes(t, char_ngram=char_ngram)
             if len(h):
                 m.update_batch(h.tolist())
                 session.insert(key, m, check_duplication=False)
@@ -276,7 +288,7 @@ def datasketch_baseline(lake: str, n_real: int, n: int, threshold: float, num_pe
         a, b = prompt_id(a_text), prompt_id(b_text)
         if a == b or a not in present or b not in present:
             continue
-        if minhash.jaccard(minhash.shingle_hashes(a_text), minhash.shingle_hashes(b_text)) < threshold:
+        if minhash.jaccard(minhash.shingle_hashes(a_text, char_ngram=char_ngram), minhash.shingle_hashes(b_text, char_ngram=char_ngram)) < threshold:
             continue
         pairs += 1
         found_ours += cluster[a] == cluster[b]
@@ -288,6 +300,68 @@ def datasketch_baseline(lake: str, n_real: int, n: int, threshold: float, num_pe
             "removed_datasketch": int(np.sum([find(k) != k for k in ids])), "bands_rows": [lsh.b, lsh.r],
         }
     )  # fmt: skip
+
+
+def real_quality(lake: str, min_similarity: float = 0.9) -> dict:
+    """On the real rows only (shared prompts and the real near-duplicate pairs): recall of the real pairs
+    at difflib >= min_similarity (both rows end in one cluster), recall of exact real duplicates, and every
+    merge of two real prompts with its difflib ratio, for inspection (those under min_similarity are
+    the candidates for false merges)."""
+    import difflib
+
+    import pandas as pd
+    from deltalake import DeltaTable
+
+    from instructlake.udfs.text import normalize, strip_ui_residue
+
+    prompts = DeltaTable(f"{lake}/prompts").to_pandas(columns=["prompt_id", "text", "cluster_id", "sources", "source_ids"])
+    rej = DeltaTable(f"{lake}/prompts_rejected").to_pandas(columns=["source", "source_id", "reason", "detail", "text"])
+    real = {r["source"] for r in real_prompts()}
+    text_of = dict(zip(prompts["prompt_id"], prompts["text"]))
+    cluster: dict[tuple[str, str], str | None] = {}
+    for pid, cid, srcs, sids in zip(prompts["prompt_id"], prompts["cluster_id"], prompts["sources"], prompts["source_ids"]):
+        for src, sid in zip(srcs, sids):
+            cluster[(src, sid)] = cid or pid
+    near_of_pid = {}
+    for _, r in rej.iterrows():
+        d = json.loads(r["detail"] or "{}")
+        if r["reason"].startswith("near_duplicate_of:"):
+            near_of_pid[d.get("prompt_id")] = r["reason"].split(":", 1)[1]
+            text_of.setdefault(d.get("prompt_id"), r["text"])
+    for _, r in rej.iterrows():
+        reason = r["reason"]
+        if reason.startswith("near_duplicate_of:"):
+            cluster[(r["source"], r["source_id"])] = reason.split(":", 1)[1]
+        elif reason.startswith("duplicate_of:"):
+            pid = reason.split(":", 1)[1]
+            cluster[(r["source"], r["source_id"])] = near_of_pid.get(pid) or next(
+                (cid or pid for p, cid in zip(prompts["prompt_id"], prompts["cluster_id"]) if p == pid), None
+            )
+        else:
+            cluster.setdefault((r["source"], r["source_id"]), None)
+    pairs = [p for p in dev_pairs() if p["similarity"] >= min_similarity]
+    found = [p["pair_id"] for p in pairs if (c := cluster.get(("neardup_dev", f"{p['pair_id']}-a"))) and c == cluster.get(("neardup_dev", f"{p['pair_id']}-b"))]
+    rows = [r for r in real_prompts()]
+    by_text: dict[str, list] = {}
+    for r in rows:
+        by_text.setdefault(strip_ui_residue(normalize(r["text"]))[0], []).append((r["source"], str(r["id"])))
+    exact = [g for g in by_text.values() if len(g) > 1]
+    exact_pairs = sum(len(g) - 1 for g in exact)
+    exact_found = sum(sum(1 for k in g[1:] if cluster.get(k) is not None and cluster.get(k) == cluster.get(g[0])) for g in exact)
+    # Merges of real prompts: a real row's prompt that is a near duplicate of a real representative.
+    merges = []
+    rep_real = {pid for pid, srcs in zip(prompts["prompt_id"], prompts["sources"]) if set(srcs) & real}
+    for _, r in rej[rej["reason"].str.startswith("near_duplicate_of:") & rej["source"].isin(real)].iterrows():
+        cid = r["reason"].split(":", 1)[1]
+        if cid in rep_real:
+            ratio = difflib.SequenceMatcher(None, r["text"], text_of.get(cid, ""), autojunk=False).ratio()
+            merges.append({"ratio": round(ratio, 3), "text": r["text"][:120], "representative": text_of.get(cid, "")[:120]})
+    distinct = len(by_text)
+    return {
+        "pairs": len(pairs), "pairs_found": len(found), "missed": sorted({p["pair_id"] for p in pairs} - set(found)),
+        "exact_pairs": exact_pairs, "exact_found": exact_found, "distinct_real": distinct,
+        "merges": sorted(merges, key=lambda m: m["ratio"]),
+    }  # fmt: skip
 
 
 def in_child(target, *args):
@@ -309,6 +383,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="lake and scratch (default .scratch/curate_bench/n<N>)")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a config override, as on the CLI")
     args = ap.parse_args()
 
     from instructlake.jobs.config import load_config
@@ -319,7 +394,7 @@ def main() -> None:
     conf = load_config(
         [REPO / "conf" / "local.yaml"],
         [f"run.lake_root={work / 'lake'}", f"run.work_dir={work / 'work'}", f"spark.shuffle_partitions={args.partitions}",
-         f"spark.driver_memory={args.driver_memory}", 'spark.conf={"spark.ui.enabled": "false"}'],
+         f"spark.driver_memory={args.driver_memory}", 'spark.conf={"spark.ui.enabled": "false"}', *args.sets],
     )  # fmt: skip
     sampler = RssSampler()
     sampler.start()
@@ -352,6 +427,14 @@ def main() -> None:
         print(f"| {step} | {rows:,} | {secs:.1f} | {rows / secs:,.0f} | {rows / secs / cores:,.0f} |")
     print(f"| **curate (run_stage)** | {result.rows_in:,} | {curate_s:.1f} | {result.rows_in / curate_s:,.0f} | {result.rows_in / curate_s / cores:,.0f} |")
 
+    quality = real_quality(lake)
+    under = [m for m in quality["merges"] if m["ratio"] < 0.9]
+    out["real"] = quality
+    print(f"\nreal near-duplicate pairs (difflib >= 0.9, ../shared/data/neardup): {quality['pairs_found']}/{quality['pairs']} "
+          f"in one cluster (recall {quality['pairs_found'] / max(1, quality['pairs']):.3f}; missed {quality['missed']}); "
+          f"exact real duplicates {quality['exact_found']}/{quality['exact_pairs']}; merges of two real prompts: "
+          f"{len(quality['merges'])} of {quality['distinct_real']:,} distinct, {len(under)} under difflib 0.9 "
+          f"({len(under) / quality['distinct_real']:.2%}; listed with --json)")  # fmt: skip
     sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
@@ -359,7 +442,7 @@ def main() -> None:
         ft = in_child(fasttext_baseline, lake)
         near = stats["near_dedup"]
         try:
-            ds = in_child(datasketch_baseline, lake, len(real_prompts()), args.n, near["threshold"], conf.curate.near_dedup.num_perm)
+            ds = in_child(datasketch_baseline, lake, len(real_prompts()), args.n, near["threshold"], conf.curate.near_dedup.num_perm, conf.curate.near_dedup.char_ngram)
         except Exception as e:  # e.g. the single process runs out of memory: that is a result too
             print(f"\ndatasketch baseline failed: {type(e).__name__}: {e}")
             ds = None

@@ -128,6 +128,7 @@ class TemplateFilterConf(_Section):
 
 
 class FiltersConf(_Section):
+    ui_residue: Annotated[Literal["strip", "off"], BeforeValidator(lambda v: "off" if v is False else v)]
     empty: bool
     length: LengthFilterConf
     moderation: Action
@@ -147,6 +148,9 @@ class NearDedupConf(_Section):
     rows: int | None = Field(ge=1)
     ngram: int = Field(ge=1)
     char_ngram: int = Field(ge=1)
+    char_candidate_threshold: float = Field(gt=0, le=1)
+    short_chars: int = Field(ge=0)
+    short_edit_ratio: float = Field(gt=0, le=1)
     shingle_mode: Literal["auto", "word", "char"]
     seed: int
     verify: Literal["shingles", "signature"]

@@ -51,6 +51,7 @@ _REASON_CLASS = r"^(duplicate_of|near_duplicate_of|template):.*$"
 def filter_options(c: CurateConf) -> U.FilterOptions:
     f = c.filters
     return U.FilterOptions(
+        ui_residue=f.ui_residue == "strip",
         empty=f.empty,
         length=f.length.enabled,
         min_chars=f.length.min_chars,
@@ -72,10 +73,21 @@ def lang_options(c: CurateConf) -> U.LangOptions:
 
 
 def bands_rows(c: CurateConf) -> tuple[int, int]:
+    """LSH bands x rows of word-shingled texts."""
     n = c.near_dedup
     if n.bands and n.rows:
         return n.bands, n.rows
     return optimal_bands(n.threshold, n.num_perm)
+
+
+def char_bands_rows(c: CurateConf) -> tuple[int, int]:
+    """LSH bands x rows of char-shingled texts: tuned to the lower char_candidate_threshold."""
+    return optimal_bands(c.near_dedup.char_candidate_threshold, c.near_dedup.num_perm)
+
+
+def near_options(c: CurateConf) -> U.NearOptions:
+    n = c.near_dedup
+    return U.NearOptions(n.threshold, n.ngram, n.char_ngram, n.shingle_mode, n.short_chars, n.short_edit_ratio)
 
 
 class _Steps:
@@ -300,16 +312,21 @@ def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tup
     if not n.enabled:
         return none, {"enabled": False}
     bands, rows = bands_rows(ctx.conf.curate)
-    shingles = {"ngram": n.ngram, "char_ngram": n.char_ngram, "mode": n.shingle_mode}
+    char_bands, char_rows = char_bands_rows(ctx.conf.curate)
+    lsh = {"ngram": n.ngram, "char_ngram": n.char_ngram, "mode": n.shingle_mode, "char_bands": char_bands, "char_rows": char_rows}
+    near = near_options(ctx.conf.curate)
     checkpoint = local_checkpoint
     if n.checkpoint_dir:
         ctx.spark.sparkContext.setCheckpointDir(n.checkpoint_dir)
         checkpoint = lambda df: df.checkpoint(eager=True)  # noqa: E731
-    stats: dict = {"enabled": True, "bands": bands, "rows": rows, "threshold": n.threshold, "verify": n.verify}
+    stats: dict = {
+        "enabled": True, "bands": bands, "rows": rows, "char_bands": char_bands, "char_rows": char_rows,
+        "threshold": n.threshold, "verify": n.verify,
+    }  # fmt: skip
     nodes = langs.where(F.col("lang_reason").isNull())
 
     with steps.step("near_dedup", n_in):
-        params = {"bands": bands, "rows": rows, "num_perm": n.num_perm, "seed": n.seed, **shingles, "id_col": "node"}
+        params = {"bands": bands, "rows": rows, "num_perm": n.num_perm, "seed": n.seed, **lsh, "id_col": "node"}
         if n.verify == "signature":
             sig_ddl = "node bigint, signature array<int>, band_keys array<bigint>"
             sigs, _ = steps.keep(
@@ -328,20 +345,20 @@ def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tup
 
         if n.verify == "signature":
 
-            @F.pandas_udf("double")  # type: ignore[call-overload]
+            @F.pandas_udf("boolean")  # type: ignore[call-overload]
             def similar(x: pd.Series, y: pd.Series) -> pd.Series:
-                return U.signature_similarity(x, y)
+                return U.signature_similarity(x, y) >= near.threshold
 
         else:
 
-            @F.pandas_udf("double")  # type: ignore[call-overload]
+            @F.pandas_udf("boolean")  # type: ignore[call-overload]
             def similar(x: pd.Series, y: pd.Series) -> pd.Series:
-                return U.similarity(x, y, **shingles)
+                return U.near_duplicates(x, y, near)
 
         a = payload.select(F.col("node").alias("a"), F.col("value").alias("va"))
         b = payload.select(F.col("node").alias("b"), F.col("value").alias("vb"))
-        scored = pairs.join(a, "a").join(b, "b").select("a", "b", similar("va", "vb").alias("similarity"))
-        edges, n_edges = steps.keep(scored.where(F.col("similarity") >= n.threshold).select("a", "b"), cut=True)
+        scored = pairs.join(a, "a").join(b, "b").select("a", "b", similar("va", "vb").alias("near"))
+        edges, n_edges = steps.keep(scored.where("near").select("a", "b"), cut=True)
         stats.update(candidate_pairs=n_pairs, verified_pairs=n_edges, rounds=0)
         clusters, n_clustered = none, 0
         if n_edges:

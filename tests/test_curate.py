@@ -17,7 +17,7 @@ from instructlake.jobs.dedup import connected_components
 from instructlake.jobs.runs import Context, run_stage
 from instructlake.jobs.tables import BOOKKEEPING, SCHEMAS
 from instructlake.udfs import minhash
-from instructlake.udfs.text import normalize, prompt_id
+from instructlake.udfs.text import normalize, prompt_id, strip_ui_residue
 
 from .conftest import make_conf
 
@@ -25,6 +25,16 @@ N_DOLLY, N_JA, N_ARENA = 3742, 400, 150
 TEMPLATE_PRODUCTS = ["Aurora desk lamp", "Basalt water bottle", "Cobalt hiking boots", "Dune travel pillow",
                      "Ember coffee grinder", "Fjord rain jacket", "Granite cutting board", "Harbor tote bag",
                      "Iris reading glasses", "Juniper candle set", "Kestrel bike helmet", "Lumen alarm clock"]  # fmt: skip
+
+
+# Real Dolly-ja questions a near-dedup step must keep apart (difflib 0.80-0.89: one word changes the question).
+DISTINCT_PAIRS = [
+    ("第二次世界大戦はいつ終わったのですか？", "第二次世界大戦はいつ始まったのですか？"),
+    ("アメリカで一番大きい州はどこでしょう？", "アメリカで一番小さい州はどこでしょう？"),
+    ("犬の被毛にはどのような種類があるのでしょうか？", "塩にはどのような種類があるのでしょうか？"),
+    ("ビールはどのように作られるのでしょうか？", "白米はどのように作られるのでしょうか？"),
+    ("動詞とは何ですか？", "名詞とは何ですか？"),
+]
 
 
 def read_jsonl(shared_data, name):
@@ -103,6 +113,23 @@ def data(shared_data):
             rows += [raw_row("planted", i, t, lang) for i, t in zip(ids, [base, *variants])]
             rows.append(raw_row("planted", f"control-{lang}{k}", control, lang))
 
+    # Real near-duplicate pairs that people made (../shared/data/neardup), and real Dolly questions that
+    # differ in the one word that matters: the first must meet in one cluster, the second must not.
+    dev_pairs = [json.loads(line) for line in open(shared_data / "neardup" / "pairs_dev.jsonl", encoding="utf-8")]
+    for p in dev_pairs:
+        lang = "ja" if any("\u3040" <= c <= "\u30ff" for c in p["a_text"]) else "en"  # as a source would tag it
+        rows += [raw_row("neardup_dev", f"{p['pair_id']}-{s}", p[f"{s}_text"], lang) for s in ("a", "b")]
+    for k, pair in enumerate(DISTINCT_PAIRS):
+        rows += [raw_row("distinct_pairs", f"{k}-{s}", t, "ja") for s, t in zip("ab", pair)]
+    # Exact duplicates these add (the koala copies are AlpacaEval prompts once the page counter goes).
+    seen = {strip_ui_residue(normalize(r["text"]))[0] for r in rows if r["source"] not in ("neardup_dev", "distinct_pairs")}
+    pair_dups = 0
+    for r in rows:
+        if r["source"] in ("neardup_dev", "distinct_pairs"):
+            text = strip_ui_residue(normalize(r["text"]))[0]
+            pair_dups += text in seen
+            seen.add(text)
+
     long_text = " ".join(r["text"] for r in dolly[:200])[:6000]
     wordy = " ".join(r["text"] for r in dolly[200:400])
     wordy = wordy[: wordy.rfind(" ", 0, 4500)]  # under max_chars, over max_tokens
@@ -133,7 +160,7 @@ def data(shared_data):
     for sid, (text, _, extra) in planted.items():
         extra = dict(extra)
         rows.append(raw_row(extra.pop("source", "planted"), sid, text, extra.pop("lang", "en"), **extra))
-    return {"rows": rows, "dolly": dolly, "near_sets": near_sets, "controls": controls, "planted": planted}
+    return {"rows": rows, "dolly": dolly, "near_sets": near_sets, "controls": controls, "planted": planted, "dev_pairs": dev_pairs, "pair_dups": pair_dups}
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +247,7 @@ def test_dolly_exact_duplicates(main, data):
     # Every duplicate points at the prompt holding its text; the representative lists every copy.
     by_id = prompts.set_index("prompt_id")
     stats = main["result"].stats["exact_dedup"]
-    assert stats["duplicates"] == 38 and stats["largest_group"] == 8
+    assert stats["duplicates"] == 38 + data["pair_dups"] and stats["largest_group"] == 8
     top = prompts[prompts["dup_count"] == 8].iloc[0]
     assert top.text.startswith("What are the primary causes of inflation")
     assert len(top.source_ids) == 8 and list(top.source_ids) == sorted(top.source_ids) and set(top.sources) == {"dolly"}
@@ -247,6 +274,46 @@ def test_planted_near_duplicates_cluster_and_distinct_prompts_do_not(main, data)
     stats = main["result"].stats["near_dedup"]
     assert stats["verified_pairs"] <= stats["candidate_pairs"] and stats["clusters"] >= 6
     assert stats["cluster_sizes"]["3-4"] >= 6 and stats["rounds"] >= 1
+
+
+def cluster_of(main, source, source_id):
+    """The cluster a raw row ended in: its prompt's cluster_id (or prompt_id when it is alone), following
+    duplicate_of and near_duplicate_of rejects; None when it left for another reason."""
+    prompts, rejected = main["prompts"], main["rejected"]
+    reason = reason_of(rejected, source, source_id)
+    if reason is None:
+        rep = representative(prompts, source, source_id)
+        if rep is None:  # absorbed as an exact duplicate by a kept prompt
+            rep = next(r for _, r in prompts.iterrows() if (source, source_id) in zip(r["sources"], r["source_ids"]))
+        return rep.cluster_id or rep.prompt_id
+    if reason.startswith("near_duplicate_of:"):
+        return reason.split(":", 1)[1]
+    if reason.startswith("duplicate_of:"):
+        pid = reason.split(":", 1)[1]
+        kept = prompts[prompts["prompt_id"] == pid]
+        if len(kept):
+            return kept.iloc[0].cluster_id or pid
+        rep = rejected[rejected["detail"].map(lambda d: json.loads(d or "{}").get("prompt_id")) == pid]
+        rep = rep[~rep["reason"].str.startswith("duplicate_of:")]
+        return rep.iloc[0].reason.split(":", 1)[1] if len(rep) and rep.iloc[0].reason.startswith("near_duplicate_of:") else None
+    return None
+
+
+def test_real_near_duplicates_people_made_meet_and_distinct_questions_do_not(main, data):
+    """The dev half of the real pairs (ShareGPT's "2 / 2" glued to the first word; people's edits of
+    Japanese MT-Bench prompts): every pair at difflib 0.9 or more ends in one cluster."""
+    missed = []
+    for p in data["dev_pairs"]:
+        a, b = (cluster_of(main, "neardup_dev", f"{p['pair_id']}-{s}") for s in "ab")
+        if p["similarity"] >= 0.9 and (a is None or a != b):
+            missed.append(p["pair_id"])
+    assert not missed, missed
+    for k in range(len(DISTINCT_PAIRS)):
+        a, b = (cluster_of(main, "distinct_pairs", f"{k}-{s}") for s in "ab")
+        assert a is not None and a != b, DISTINCT_PAIRS[k]
+    # The page counter is stripped and flagged: the koala copy and the AlpacaEval prompt are one prompt.
+    stripped = main["prompts"][main["prompts"]["flags"].map(lambda f: "ui_residue:page_counter" in list(f))]
+    assert len(stripped) >= 1 and not stripped["text"].str.match(r"^\d+ / \d+").any()
 
 
 @pytest.mark.parametrize("source_id", ["empty", "null-text", "short", "short-ok", "long", "wordy", "flagged", "unflagged",
@@ -287,7 +354,8 @@ def test_prompts_columns(main, data):
     assert (prompts["n_chars"] == prompts["text"].str.len()).all()
     assert (prompts["cluster_size"] >= 1).all() and prompts["cluster_id"].notna().all()
     assert (prompts["dup_count"] == prompts["source_ids"].map(len)).all()
-    assert prompts["flags"].map(len).eq(0).all()  # nothing is flag-only in this config
+    # Nothing is flag-only in this config; the stripped page counters of the koala copies are named.
+    assert set(f for fs in prompts["flags"] for f in fs) == {"ui_residue:page_counter"}
 
 
 def test_rerun_writes_nothing(main, spark):

@@ -233,15 +233,28 @@ def test_minhash_batch_layouts() -> None:
         assert minhash.minhash_batch(none, bands=BANDS, rows=ROWS, explode=explode).empty
 
 
-def test_pair_similarity_methods(english: list[str]) -> None:
-    a = english[500]
+def test_near_duplicates_jaccard_for_long_edit_ratio_for_short_unspaced(english: list[str]) -> None:
+    a = next(t for t in english if len(minhash.shingle_hashes(t)) >= 20)
     b = a + " Please answer briefly."
-    out = minhash.minhash_batch(pd.DataFrame({"prompt_id": [0, 1], "text": [a, b]}), bands=BANDS, rows=ROWS)
-    sig_a, sig_b = out["signature"]
-    pairs = pd.DataFrame({"text_a": [a, a], "text_b": [b, english[501]],
-                          "signature_a": [sig_a, sig_a], "signature_b": [sig_b, sig_a]})  # fmt: skip
-    exact = minhash.pair_similarity(pairs, method="shingles")
     n = len(minhash.shingle_hashes(a))
-    assert exact[0] == pytest.approx(n / (n + 3)) and exact[1] < 0.2
-    assert minhash.pair_similarity(pairs, method="signature").tolist()[1] == 1.0  # same signature given twice
-    assert minhash.pair_similarity(pairs.iloc[:0]).empty
+    assert n / (n + 3) >= THRESHOLD  # the Jaccard of a and b: three shingles more
+    # Real pairs: a person's one-word edit of a Japanese MT-Bench prompt (difflib 0.91, char 3-gram Jaccard
+    # 0.58), and two Dolly questions that differ in the one word that matters (ended / started: 0.89).
+    edit = ("1日目の詳細な授業計画と宿題の質問3つを提出してください。", "1日目の詳細な授業計画と宿題を3つ提出してください。")
+    other = ("第二次世界大戦はいつ終わったのですか？", "第二次世界大戦はいつ始まったのですか？")
+    pairs = pd.DataFrame({"text_a": [a, a, edit[0], other[0]], "text_b": [b, english[501], edit[1], other[1]]})
+    short = {"threshold": THRESHOLD, "char_ngram": 2, "short_chars": 200, "short_edit_ratio": 0.9}
+    assert minhash.near_duplicates(pairs, **short).tolist() == [True, False, True, False]
+    # Jaccard alone (no short rule, 3-grams) misses the edit; the edit ratio of long texts is never asked.
+    assert minhash.near_duplicates(pairs, threshold=THRESHOLD, char_ngram=3).tolist() == [True, False, False, False]
+    assert minhash.near_duplicates(pairs.iloc[:0], **short).size == 0
+
+
+def test_char_shingled_texts_get_their_own_bands(english: list[str]) -> None:
+    df = pd.DataFrame({"prompt_id": [0, 1, 2], "text": [english[0], "日本語の短い質問ですか？", ""]})
+    out = minhash.minhash_batch(df, bands=BANDS, rows=ROWS, char_ngram=2, char_bands=25, char_rows=5)
+    assert [len(k) for k in out["band_keys"]] == [BANDS, 25, 0]
+    ex = minhash.minhash_batch(df, bands=BANDS, rows=ROWS, char_ngram=2, char_bands=25, char_rows=5, explode=True)
+    assert ex["band"].tolist() == list(range(BANDS)) + list(range(minhash.CHAR_BAND_OFFSET, minhash.CHAR_BAND_OFFSET + 25))
+    same = minhash.minhash_batch(df, bands=BANDS, rows=ROWS, char_ngram=2)  # no char banding: one scheme for all
+    assert [len(k) for k in same["band_keys"]] == [BANDS, BANDS, 0]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from instructlake.udfs import filters, langid, minhash
-from instructlake.udfs.text import normalize, prompt_id
+from instructlake.udfs.text import normalize, prompt_id, strip_ui_residue
 
 Action = Literal["drop", "flag", "off"]
 
@@ -27,7 +27,18 @@ LANG_DDL = "lang string, lang_score double, lang2 string, lang2_score double, la
 
 
 @dataclass(frozen=True)
+class NearOptions:
+    threshold: float
+    ngram: int
+    char_ngram: int
+    mode: minhash.Mode
+    short_chars: int
+    short_edit_ratio: float
+
+
+@dataclass(frozen=True)
 class FilterOptions:
+    ui_residue: bool
     empty: bool
     length: bool
     min_chars: int
@@ -69,13 +80,18 @@ def annotate(df: pd.DataFrame, opts: FilterOptions) -> pd.DataFrame:
 
     `reason` is the first drop reason in the order empty, too_short/too_long, too_many_tokens, moderation,
     pii:<kinds> (None: the row survives the row filters). `flags` names what was found but only flagged
-    (`moderation`, `pii:<kind>`). `norm_text` is the normalized text where it differs from `text` (else
+    (`moderation`, `pii:<kind>`) or stripped (`ui_residue:<kind>`: chat-UI residue before the prompt). `norm_text` is the normalized text where it differs from `text` (else
     None: the job falls back to `text`, so the common already-normalized row is not carried twice).
     `template_id` is the skeleton id (None for empty rows or with the template filter off); the job counts
     prompts per skeleton across the whole table.
     """
     raw = df["text"]
     norm = raw.fillna("").map(normalize)
+    if opts.ui_residue:
+        stripped = norm.map(strip_ui_residue)
+        norm, residue = stripped.str[0], stripped.str[1]
+    else:
+        residue = pd.Series([[] for _ in range(len(norm))], index=norm.index, dtype=object)
     reasons = []
     empty = filters.empty_reason(norm)
     if opts.empty:
@@ -95,8 +111,10 @@ def annotate(df: pd.DataFrame, opts: FilterOptions) -> pd.DataFrame:
     else:
         kinds = pd.Series([[] for _ in range(len(norm))], index=norm.index, dtype=object)
     flags = [
-        (["moderation"] if f and opts.moderation == "flag" else []) + [f"pii:{k}" for k in ks if k in flag_kinds]
-        for f, ks in zip(flagged, kinds, strict=True)
+        (["moderation"] if f and opts.moderation == "flag" else [])
+        + [f"pii:{k}" for k in ks if k in flag_kinds]
+        + [f"ui_residue:{r}" for r in rs]
+        for f, ks, rs in zip(flagged, kinds, residue, strict=True)
     ]
     if opts.template != "off":
         template = filters.template_ids(norm, opts.mask_names).where(empty.isna(), None)
@@ -137,22 +155,19 @@ def languages(text: pd.Series, opts: LangOptions) -> pd.DataFrame:
     return out
 
 
-def similarity(
-    text_a: pd.Series,
-    text_b: pd.Series,
-    *,
-    ngram: int,
-    char_ngram: int,
-    mode: minhash.Mode,
-) -> pd.Series:
-    """Exact Jaccard similarity of the shingle sets of each (text_a, text_b) pair."""
+def near_duplicates(text_a: pd.Series, text_b: pd.Series, opts: NearOptions) -> pd.Series:
+    """Whether each candidate pair (text_a, text_b) is a near duplicate (minhash.near_duplicates)."""
     pairs = pd.DataFrame({"text_a": text_a.fillna("").to_numpy(), "text_b": text_b.fillna("").to_numpy()})
-    out = minhash.pair_similarity(pairs, method="shingles", ngram=ngram, char_ngram=char_ngram, mode=mode)
-    return pd.Series(out.to_numpy(np.float64), index=text_a.index)
+    near = minhash.near_duplicates(
+        pairs, threshold=opts.threshold, ngram=opts.ngram, char_ngram=opts.char_ngram, mode=opts.mode,
+        short_chars=opts.short_chars, short_edit_ratio=opts.short_edit_ratio,
+    )  # fmt: skip
+    return pd.Series(near, index=text_a.index)
 
 
 def signature_similarity(sig_a: pd.Series, sig_b: pd.Series) -> pd.Series:
     """Estimated Jaccard similarity (fraction of equal MinHash positions) of each signature pair."""
-    pairs = pd.DataFrame({"signature_a": sig_a.to_numpy(), "signature_b": sig_b.to_numpy()})
-    return pd.Series(minhash.pair_similarity(pairs, method="signature").to_numpy(np.float64), index=sig_a.index)
-
+    if sig_a.empty:
+        return pd.Series([], index=sig_a.index, dtype="float64")
+    sim = minhash.estimated_jaccard(np.stack(sig_a.to_numpy()), np.stack(sig_b.to_numpy()))
+    return pd.Series(np.asarray(sim, np.float64), index=sig_a.index)

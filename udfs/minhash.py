@@ -7,6 +7,7 @@ one process. Signatures depend on (seed, num_perm) and the shingling parameters:
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 import zlib
@@ -30,10 +31,10 @@ _UNSPACED = re.compile(
 _CHUNK = 8192  # shingles per vectorized step: 128 perms x 8192 x 8 bytes = 8 MiB per temporary
 
 
-def shingle_hashes(
+def shingles(
     text: str, *, ngram: int = 3, char_ngram: int = 3, mode: Mode = "auto", char_ratio: float = 0.3
-) -> np.ndarray:
-    """Unique 32-bit CRC32 hashes of the text's shingles (uint64 array).
+) -> tuple[np.ndarray, bool]:
+    """(unique 32-bit CRC32 hashes of the text's shingles as a uint64 array, whether char mode was used).
 
     Text is NFKC-normalized, casefolded and reduced to word characters (punctuation and spacing do not
     count). `word` mode: word `ngram`-grams; `char` mode: `char_ngram`-grams over the letters without
@@ -42,7 +43,7 @@ def shingle_hashes(
     """
     words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
     if not words:
-        return np.empty(0, np.uint64)
+        return np.empty(0, np.uint64), mode == "char"
     if mode == "auto":
         letters = "".join(words)
         mode = "char" if len(_UNSPACED.findall(letters)) > char_ratio * len(letters) else "word"
@@ -51,7 +52,12 @@ def shingle_hashes(
         grams = {s[i : i + char_ngram] for i in range(max(1, len(s) - char_ngram + 1))}
     else:
         grams = {" ".join(words[i : i + ngram]) for i in range(max(1, len(words) - ngram + 1))}
-    return np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), np.uint64, len(grams))
+    return np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), np.uint64, len(grams)), mode == "char"
+
+
+def shingle_hashes(text: str, **kw) -> np.ndarray:
+    """The shingle hashes of `shingles` alone."""
+    return shingles(text, **kw)[0]
 
 
 @lru_cache(maxsize=8)
@@ -114,15 +120,19 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """Band keys, shape (n, bands), int64: a 64-bit hash of (band index, the band's `rows` values).
+# Band numbers of char-shingled texts start here: their (band, key) buckets never meet word-mode ones.
+CHAR_BAND_OFFSET = 1000
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int, offset: int = 0) -> np.ndarray:
+    """Band keys, shape (n, bands), int64: a 64-bit hash of (offset + band index, the band's `rows` values).
 
     Equal keys mean equal bands (up to 64-bit collisions); the band index keeps bands apart.
     """
     if bands * rows > sigs.shape[1]:
         raise ValueError(f"bands * rows = {bands * rows} exceeds the signature length {sigs.shape[1]}")
     banded = sigs[:, : bands * rows].astype(np.uint64).reshape(len(sigs), bands, rows)
-    key = np.broadcast_to(_splitmix(np.arange(1, bands + 1, dtype=np.uint64)), banded.shape[:2])
+    key = np.broadcast_to(_splitmix(np.arange(offset + 1, offset + bands + 1, dtype=np.uint64)), banded.shape[:2])
     for j in range(rows):
         key = _splitmix(key ^ banded[:, :, j])
     return key.view(np.int64)
@@ -150,56 +160,79 @@ def minhash_batch(
     ngram: int = 3,
     char_ngram: int = 3,
     mode: Mode = "auto",
+    char_bands: int | None = None,
+    char_rows: int | None = None,
     explode: bool = False,
     id_col: str = "prompt_id",
     text_col: str = "text",
 ) -> pd.DataFrame:
     """Signatures and band keys for a batch of (`id_col`, `text_col`) rows.
 
-    Returns (`id_col`, `signature` list<int32>, `band_keys` list<int64>) per row, or with `explode`
-    (`id_col`, `band`, `band_key`) per band; texts without shingles get no band keys, so they never
-    become candidates (exact dedup and the empty filter handle them).
+    Char-shingled texts are banded with (`char_bands`, `char_rows`) when given (a lower LSH threshold:
+    short texts in unspaced scripts change more of their shingles per edited word), numbered from
+    CHAR_BAND_OFFSET. Returns (`id_col`, `signature` list<int32>, `band_keys` list<int64>) per row, or
+    with `explode` (`id_col`, `band`, `band_key`) per band; texts without shingles get no band keys, so they
+    never become candidates (exact dedup and the empty filter handle them).
     """
-    hashes = [shingle_hashes(t, ngram=ngram, char_ngram=char_ngram, mode=mode) for t in df[text_col].fillna("")]
+    made = [shingles(t, ngram=ngram, char_ngram=char_ngram, mode=mode) for t in df[text_col].fillna("")]
+    hashes = [h for h, _ in made]
     sigs = signatures(hashes, num_perm, seed)
-    keys = band_keys(sigs, bands, rows)
+    is_char = np.fromiter((c for _, c in made), bool, len(made))
+    if char_bands is None or char_rows is None:
+        is_char[:] = False
     has_keys = np.fromiter((len(h) > 0 for h in hashes), bool, len(hashes))
+    keys: list[np.ndarray] = [np.empty(0, np.int64)] * len(made)
+    numbers: list[np.ndarray] = [np.empty(0, np.int32)] * len(made)
+    for char, (b, r, offset) in ((False, (bands, rows, 0)), (True, (char_bands, char_rows, CHAR_BAND_OFFSET))):
+        sel = np.flatnonzero(has_keys & (is_char == char))
+        if not len(sel):
+            continue
+        k = band_keys(sigs[sel], b, r, offset)
+        band_no = np.arange(offset, offset + b, dtype=np.int32)
+        for i, row in zip(sel, k, strict=True):
+            keys[i], numbers[i] = row, band_no
     ids = df[id_col].to_numpy()
     if explode:
+        counts = np.fromiter((len(k) for k in keys), np.int64, len(keys))
         return pd.DataFrame(
             {
-                id_col: np.repeat(ids[has_keys], bands),
-                "band": np.tile(np.arange(bands, dtype=np.int32), int(has_keys.sum())),
-                "band_key": keys[has_keys].ravel(),
+                id_col: np.repeat(ids, counts),
+                "band": np.concatenate(numbers) if len(numbers) else np.empty(0, np.int32),
+                "band_key": np.concatenate(keys) if len(keys) else np.empty(0, np.int64),
             }
         )
     return pd.DataFrame(
         {
             id_col: ids,
             "signature": list(sigs.astype(np.int32)),  # values < 2**31: exact in Spark's int
-            "band_keys": [k if ok else k[:0] for k, ok in zip(keys, has_keys, strict=True)],
+            "band_keys": keys,
         }
     )
 
 
-def pair_similarity(
+def near_duplicates(
     pairs: pd.DataFrame,
     *,
-    method: Literal["signature", "shingles"] = "signature",
+    threshold: float,
     ngram: int = 3,
     char_ngram: int = 3,
     mode: Mode = "auto",
-) -> pd.Series:
-    """Similarity of candidate pairs: estimated Jaccard from (`signature_a`, `signature_b`), or with
-    `method="shingles"` the exact Jaccard of the shingles of (`text_a`, `text_b`)."""
-    if method == "signature":
-        if pairs.empty:
-            return pd.Series([], index=pairs.index, dtype="float64")
-        sim = estimated_jaccard(np.stack(pairs["signature_a"].to_numpy()), np.stack(pairs["signature_b"].to_numpy()))
-        return pd.Series(sim, index=pairs.index, dtype="float64")
+    short_chars: int = 0,
+    short_edit_ratio: float = 1.0,
+) -> np.ndarray:
+    """Whether each (`text_a`, `text_b`) pair is a near duplicate: two char-shingled texts of at most
+    `short_chars` characters when difflib's ratio of their NFKC-casefolded forms reaches `short_edit_ratio`
+    (one changed word moves a short Japanese prompt's shingle Jaccard far more than its edit ratio), any
+    other pair when the exact Jaccard of their shingles reaches `threshold`."""
     kw = {"ngram": ngram, "char_ngram": char_ngram, "mode": mode}
-    sims = [
-        jaccard(shingle_hashes(a, **kw), shingle_hashes(b, **kw))
-        for a, b in zip(pairs["text_a"], pairs["text_b"], strict=True)
-    ]
-    return pd.Series(sims, index=pairs.index, dtype="float64")
+    out = np.zeros(len(pairs), bool)
+    for i, (a, b) in enumerate(zip(pairs["text_a"], pairs["text_b"], strict=True)):
+        (ha, ca), (hb, cb) = shingles(a, **kw), shingles(b, **kw)
+        if ca and cb and max(len(a), len(b)) <= short_chars:
+            x, y = (unicodedata.normalize("NFKC", t).casefold() for t in (a, b))
+            m, r = difflib.SequenceMatcher(None, x, y, autojunk=False), short_edit_ratio
+            # difflib's cheap upper bounds first: most candidate pairs of a corpus fail them.
+            out[i] = m.real_quick_ratio() >= r and m.quick_ratio() >= r and m.ratio() >= r
+        else:
+            out[i] = jaccard(ha, hb) >= threshold
+    return out

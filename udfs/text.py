@@ -24,6 +24,26 @@ def normalize(text: str) -> str:
     return text.strip()
 
 
+# Chat-UI residue that comes along when a prompt is copied out of a chat page: ShareGPT's page counter
+# glued to the first word ("2 / 2Give me ...") and a list number ("#2. "). Not the user's words, and it
+# hides duplicates: word shingles of the first words no longer match.
+_UI_RESIDUE = (
+    ("page_counter", re.compile(r"^\d{1,2} / \d{1,2}(?=[^\W\d_])(?!(?:st|nd|rd|th)s?\b)")),
+    ("list_number", re.compile(r"^#\d{1,3}\.[ \t]+(?=\S)")),
+)
+
+
+def strip_ui_residue(text: str) -> tuple[str, list[str]]:
+    """(the text without leading chat-UI residue, the kinds stripped)."""
+    kinds = []
+    for kind, pattern in _UI_RESIDUE:
+        stripped = pattern.sub("", text, count=1)
+        if stripped != text:
+            kinds.append(kind)
+            text = stripped.lstrip()
+    return text, kinds
+
+
 def content_hash(*parts: str, size: int = 16) -> str:
     """Stable hex id of the parts (blake2b; never Python's per-process `hash`)."""
     h = hashlib.blake2b(digest_size=size)
