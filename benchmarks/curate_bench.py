@@ -319,10 +319,12 @@ def real_quality(lake: str, min_similarity: float = 0.9) -> dict:
     real = {r["source"] for r in real_prompts()}
     text_of = dict(zip(prompts["prompt_id"], prompts["text"]))
     cluster: dict[tuple[str, str], str | None] = {}
-    for pid, cid, srcs, sids in zip(prompts["prompt_id"], prompts["cluster_id"], prompts["sources"], prompts["source_ids"]):
+    cluster_of_pid = {pid: cid or pid for pid, cid in zip(prompts["prompt_id"], prompts["cluster_id"])}
+    for pid, srcs, sids in zip(prompts["prompt_id"], prompts["sources"], prompts["source_ids"]):
         for src, sid in zip(srcs, sids):
-            cluster[(src, sid)] = cid or pid
+            cluster[(src, sid)] = cluster_of_pid[pid]
     near_of_pid = {}
+    rej = rej[rej["source"].isin(real) | rej["reason"].str.startswith("near_duplicate_of:")]
     for _, r in rej.iterrows():
         d = json.loads(r["detail"] or "{}")
         if r["reason"].startswith("near_duplicate_of:"):
@@ -334,9 +336,7 @@ def real_quality(lake: str, min_similarity: float = 0.9) -> dict:
             cluster[(r["source"], r["source_id"])] = reason.split(":", 1)[1]
         elif reason.startswith("duplicate_of:"):
             pid = reason.split(":", 1)[1]
-            cluster[(r["source"], r["source_id"])] = near_of_pid.get(pid) or next(
-                (cid or pid for p, cid in zip(prompts["prompt_id"], prompts["cluster_id"]) if p == pid), None
-            )
+            cluster[(r["source"], r["source_id"])] = near_of_pid.get(pid) or cluster_of_pid.get(pid)
         else:
             cluster.setdefault((r["source"], r["source_id"]), None)
     pairs = [p for p in dev_pairs() if p["similarity"] >= min_similarity]

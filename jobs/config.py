@@ -174,6 +174,9 @@ class LangidConf(_Section):
     lower_caps: bool
     langs: list[str]
     und: Literal["keep", "reject"]
+    raw_below: float = Field(ge=0, le=1)
+    candidates: list[str]
+    candidates_k: int = Field(ge=1)
 
 
 class CurateConf(_Section):

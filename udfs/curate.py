@@ -69,6 +69,9 @@ class LangOptions:
     lower_caps: bool
     langs: tuple[str, ...]
     und: Literal["keep", "reject"]
+    raw_below: float
+    candidates: tuple[str, ...]
+    candidates_k: int
 
 
 def _none(index: pd.Index) -> pd.Series:
@@ -149,8 +152,9 @@ def lang_reasons(lang: pd.Series, opts: LangOptions) -> pd.Series:
 def languages(text: pd.Series, opts: LangOptions) -> pd.DataFrame:
     """fastText language of each prompt plus the selection reason: LANG_DDL columns."""
     out = langid.detect(
-        text, model_path=opts.model, threshold=opts.threshold, max_chars=opts.max_chars, lower_caps=opts.lower_caps
-    )
+        text, model_path=opts.model, threshold=opts.threshold, max_chars=opts.max_chars, lower_caps=opts.lower_caps,
+        raw_below=opts.raw_below, candidates=opts.candidates, candidates_k=opts.candidates_k,
+    )  # fmt: skip
     out["lang_reason"] = lang_reasons(out["lang"], opts)
     return out
 

@@ -44,15 +44,13 @@ def shingles(
     words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
     if not words:
         return np.empty(0, np.uint64), mode == "char"
-    if mode == "auto":
-        letters = "".join(words)
-        mode = "char" if len(_UNSPACED.findall(letters)) > char_ratio * len(letters) else "word"
-    if mode == "char":
+    char = _is_char(words, mode, char_ratio)
+    if char:
         s = "".join(words)
         grams = {s[i : i + char_ngram] for i in range(max(1, len(s) - char_ngram + 1))}
     else:
         grams = {" ".join(words[i : i + ngram]) for i in range(max(1, len(words) - ngram + 1))}
-    return np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), np.uint64, len(grams)), mode == "char"
+    return np.fromiter((zlib.crc32(g.encode("utf-8")) for g in grams), np.uint64, len(grams)), char
 
 
 def shingle_hashes(text: str, **kw) -> np.ndarray:
@@ -227,12 +225,23 @@ def near_duplicates(
     kw = {"ngram": ngram, "char_ngram": char_ngram, "mode": mode}
     out = np.zeros(len(pairs), bool)
     for i, (a, b) in enumerate(zip(pairs["text_a"], pairs["text_b"], strict=True)):
-        (ha, ca), (hb, cb) = shingles(a, **kw), shingles(b, **kw)
-        if ca and cb and max(len(a), len(b)) <= short_chars:
+        if max(len(a), len(b)) <= short_chars and _char_mode(a, mode) and _char_mode(b, mode):
             x, y = (unicodedata.normalize("NFKC", t).casefold() for t in (a, b))
             m, r = difflib.SequenceMatcher(None, x, y, autojunk=False), short_edit_ratio
             # difflib's cheap upper bounds first: most candidate pairs of a corpus fail them.
             out[i] = m.real_quick_ratio() >= r and m.quick_ratio() >= r and m.ratio() >= r
         else:
-            out[i] = jaccard(ha, hb) >= threshold
+            out[i] = jaccard(shingles(a, **kw)[0], shingles(b, **kw)[0]) >= threshold
     return out
+
+
+def _is_char(words: list[str], mode: Mode, char_ratio: float = 0.3) -> bool:
+    if mode != "auto":
+        return mode == "char"
+    letters = "".join(words)
+    return bool(letters) and len(_UNSPACED.findall(letters)) > char_ratio * len(letters)
+
+
+def _char_mode(text: str, mode: Mode) -> bool:
+    """Whether `shingles` would shingle the text by characters, without making the shingles."""
+    return _is_char(_WORD.findall(unicodedata.normalize("NFKC", text).casefold()), mode)
