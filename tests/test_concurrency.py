@@ -8,8 +8,10 @@ started together on one lake, a pipeline pair and then a generate pair, end with
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -196,14 +198,26 @@ def sets_for(lake: Path, work: Path, backend: str, shared_data: Path, *extra: st
 
 
 def start(command: str, sets: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
+    # Output to files, not pipes: a run that waits for another's lease must never wait on a full pipe
+    # that nobody reads (the JVM logs enough to fill one).
+    fd, log = tempfile.mkstemp(prefix=f"{command}-", suffix=".log")
+    proc = subprocess.Popen(
         [sys.executable, "-m", "instructlake.jobs.cli", command, "--conf", "conf/local.yaml", *sets],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=fd,
     )  # fmt: skip
+    os.close(fd)
+    proc.log = log
+    return proc
 
 
 def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
-    return [(p.wait(timeout=1200), p.communicate()[1]) for p in procs]
+    """(exit status, stderr) of each process, once all have exited."""
+    codes = [p.wait(timeout=1200) for p in procs]
+    out = []
+    for rc, p in zip(codes, procs):
+        out.append((rc, Path(p.log).read_text(encoding="utf-8", errors="replace")))
+        os.unlink(p.log)
+    return out
 
 
 def tables(ctx, names) -> dict[str, pd.DataFrame]:
@@ -223,7 +237,7 @@ def test_two_pipelines_then_two_generate_runs_at_once(ctx_factory, backend, shar
     # B starts once A holds its first lease (a JVM start later): started together as far as users can.
     deadline = time.monotonic() + 300
     while not (lake / "leases" / "_delta_log").is_dir() or not _held(lake):
-        assert a.poll() is None and time.monotonic() < deadline, a.communicate()[1][-3000:] if a.poll() is not None else "A never leased"
+        assert a.poll() is None and time.monotonic() < deadline, Path(a.log).read_text()[-3000:] if a.poll() is not None else "A never leased"
         time.sleep(0.5)
     b = start("pipeline", sets)
     (rc_a, err_a), (rc_b, err_b) = finish([a, b])
