@@ -541,9 +541,7 @@ class TableStore:
         if self.backend == "rs":
             self.rs_table(name).upsert_where(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name], when)
             return
-        df = self.spark.createDataFrame(rows, SCHEMAS[name])
-        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in KEYS[name])
-        self._spark_retry(lambda: self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll(condition=when).whenNotMatchedInsertAll().execute())
+        self._spark_retry(lambda: self._merge_small(rows, name).whenMatchedUpdateAll(condition=when).whenNotMatchedInsertAll().execute())
 
     def delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
         """Delete the stored rows keyed as in `rows` where the SQL predicate `when` holds (t. stored, s. given)."""
@@ -551,9 +549,13 @@ class TableStore:
         if self.backend == "rs":
             self.rs_table(name).delete(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name], when=when)
             return
+        self._spark_retry(lambda: self._merge_small(rows, name).whenMatchedDelete(condition=when).execute())
+
+    def _merge_small(self, rows: list[dict[str, Any]], name: str):
+        """A delta-spark MERGE builder of driver-side rows into the table, on its keys."""
         df = self.spark.createDataFrame(rows, SCHEMAS[name])
         cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in KEYS[name])
-        self._spark_retry(lambda: self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedDelete(condition=when).execute())
+        return self._delta_table(name).alias("t").merge(df.alias("s"), cond)
 
     def _check(self) -> None:
         if self.guard:
@@ -562,23 +564,12 @@ class TableStore:
     def _spark_retry(self, op):
         """Run a delta-spark MERGE/DELETE, again on a commit conflict (Delta's optimistic concurrency: a
         concurrent writer changed what this one read); the retried operation reads the new version."""
-        from delta.exceptions import (
-            ConcurrentAppendException,
-            ConcurrentDeleteDeleteException,
-            ConcurrentDeleteReadException,
-            ConcurrentTransactionException,
-            ConcurrentWriteException,
-            MetadataChangedException,
-        )
+        from delta import exceptions as E
 
         conflicts = (
-            ConcurrentAppendException,
-            ConcurrentDeleteDeleteException,
-            ConcurrentDeleteReadException,
-            ConcurrentTransactionException,
-            ConcurrentWriteException,
-            MetadataChangedException,
-        )
+            E.ConcurrentAppendException, E.ConcurrentDeleteDeleteException, E.ConcurrentDeleteReadException,
+            E.ConcurrentTransactionException, E.ConcurrentWriteException, E.MetadataChangedException,
+        )  # fmt: skip
         retries = self.conf.delta.commit_retries
         for attempt in range(retries + 1):
             try:
