@@ -66,6 +66,7 @@ def run(ctx: Context) -> StageResult:
     conf, store = ctx.conf.quality, ctx.store
     params = {
         "repetition_threshold": conf.repetition_threshold,
+        "repetition_run_chars": conf.repetition_run_chars,
         "lang_min_chars": conf.lang_min_chars,
         "lang_threshold": conf.lang_threshold,
         "langid_model": conf.langid_model,

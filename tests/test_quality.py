@@ -23,7 +23,7 @@ CASES = {  # check -> (firing response, prompt, lang, finish_reason)
     "wrong_language": (GOOD_EN, JA_PROMPT, "ja", "stop"),
     "refusal": ("I'm sorry, but I can't help with that request.", EN_PROMPT, "en", "stop"),
     "self_identification": ("As an AI language model, I think camels are great animals for deserts.", EN_PROMPT, "en", "stop"),
-    "pii_leak": (GOOD_EN + " Write to camel.facts@example.org for more.", EN_PROMPT, "en", "stop"),
+    "pii_leak": (GOOD_EN + " Write to camel.facts@desert-tours.co.uk for more.", EN_PROMPT, "en", "stop"),
 }
 
 
@@ -60,9 +60,49 @@ def test_japanese_checks():
 
 
 def test_pii_in_prompt_is_not_a_leak():
-    prompt = "Reply to bob.smith@example.com about the camel tour."
-    out = run_checks([("I wrote to alice.jones@example.net as you asked: " + GOOD_EN, prompt, "en", "stop")])
+    prompt = "Reply to bob.smith@desert-tours.co.uk about the camel tour."
+    out = run_checks([("I wrote to bob.smith@desert-tours.co.uk as you asked: " + GOOD_EN, prompt, "en", "stop")])
     assert not out["pii_leak"].iloc[0]
+
+
+def test_code_samples_and_documentation_addresses_are_not_a_leak():
+    code = "```python\nSENDER = 'ops@desert-tours.co.uk'\n```\n"
+    out = run_checks(
+        [
+            (GOOD_EN + "\n\n" + code + "Set SENDER to your own address.", EN_PROMPT, "en", "stop"),
+            (GOOD_EN + " Write to someone@example.com or admin@camels.test.", EN_PROMPT, "en", "stop"),
+            (GOOD_EN + " Write to ops@desert-tours.co.uk.", EN_PROMPT, "en", "stop"),
+        ]
+    )
+    assert list(out["pii_leak"]) == [False, False, True]
+
+
+def test_wrong_language_reads_prose_only_and_respects_a_requested_language():
+    code = "```python\n" + "def hump(camel):\n    return camel.fat_reserve_kg * 9000  # kcal\n" * 5 + "```"
+    out = run_checks(
+        [
+            (code, JA_PROMPT, "ja", "stop"),  # code only: no prose to judge
+            ("- A: 30kW -> 0kW\n- B: 100kW -> 130kW\n" * 4, JA_PROMPT, "ja", "stop"),  # data lines only
+            (GOOD_EN, "次の文を英語に翻訳してください: " + JA_PROMPT, "ja", "stop"),
+            (GOOD_JA, "Translate into Japanese: " + EN_PROMPT, "en", "stop"),
+            (GOOD_EN + "\n\n" + code, JA_PROMPT, "ja", "stop"),  # English prose beside the code: wrong
+        ]
+    )
+    assert list(out["wrong_language"]) == [False, False, False, False, True]
+
+
+def test_a_run_of_one_unit_is_repetition_but_markup_is_not():
+    table = "| step | kcal |\n|" + "-" * 150 + "|------|\n| 1 | 9000 |\n"
+    out = run_checks(
+        [
+            (GOOD_JA + " " + "#" * 120, JA_PROMPT, "ja", "stop"),  # rinna 3.6B's loop
+            ("#" * 300, JA_PROMPT, "ja", "stop"),
+            (GOOD_EN + "\n\n" + table, EN_PROMPT, "en", "stop"),
+            (GOOD_EN + "\n\n```\n" + "#" * 200 + "\n```", EN_PROMPT, "en", "stop"),
+        ]
+    )
+    assert list(out["repetition"]) == [True, True, False, False]
+    assert out["repeated_ratio"].iloc[1] == 0.0  # no word characters: only the run can see it
 
 
 def test_repeated_ratio_bounds():

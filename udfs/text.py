@@ -56,3 +56,31 @@ def content_hash(*parts: str, size: int = 16) -> str:
 def prompt_id(normalized_text: str) -> str:
     """prompt_id = hash of the normalized text: the same prompt from any source gets the same id."""
     return content_hash(normalized_text)
+
+
+# What an answer holds besides its prose: fenced code (to the end of the text when a truncated answer
+# never closes its fence), inline code, LaTeX math, Markdown table rows and URLs.
+_NON_PROSE = re.compile(
+    r"^[ \t]*(?P<fence>```|~~~)[^\n]*\n.*?(?:^[ \t]*(?P=fence)[ \t]*$|\Z)"
+    r"|`[^`\n]+`|\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<![\\\w$])\$[^$\n]+\$"
+    r"|^[ \t]*\|.*$|\b(?:https?://|www\.)\S+",
+    re.M | re.S,
+)
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def without_markup(text: str) -> str:
+    """The text without code, math, Markdown tables and URLs."""
+    return _NON_PROSE.sub(" ", text)
+
+
+def prose(text: str) -> str:
+    """The natural-language part of an answer: `without_markup`, and without lines that are mostly not
+    letters (data such as "- A: 30kW -> 0kW"). Code, math and data have no language to be wrong about,
+    and placeholder addresses in code samples are not personal data."""
+    lines = []
+    for line in without_markup(text).split("\n"):
+        visible = len(line) - line.count(" ") - line.count("\t")
+        if visible and len(_LETTER.findall(line)) >= 0.5 * visible:
+            lines.append(line)
+    return "\n".join(lines).strip()
