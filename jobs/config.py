@@ -148,7 +148,9 @@ class NearDedupConf(_Section):
     rows: int | None = Field(ge=1)
     ngram: int = Field(ge=1)
     char_ngram: int = Field(ge=1)
-    char_candidate_threshold: float = Field(gt=0, le=1)
+    char_bands: int = Field(ge=1)
+    char_rows: int = Field(ge=1)
+    char_min_bands: int = Field(ge=1)
     short_chars: int = Field(ge=0)
     short_edit_ratio: float = Field(gt=0, le=1)
     shingle_mode: Literal["auto", "word", "char"]
@@ -164,6 +166,10 @@ class NearDedupConf(_Section):
             raise ValueError("set both bands and rows, or neither (derived from threshold and num_perm)")
         if self.bands and self.rows and self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        if self.char_bands * self.char_rows > self.num_perm:
+            raise ValueError(f"char_bands * char_rows = {self.char_bands * self.char_rows} exceeds num_perm = {self.num_perm}")
+        if self.char_min_bands > self.char_bands:
+            raise ValueError(f"char_min_bands = {self.char_min_bands} exceeds char_bands = {self.char_bands}")
         return self
 
 
@@ -209,6 +215,12 @@ class QualityConf(_Section):
         return v
 
 
+class CardConf(_Section):
+    enabled: bool
+    pretty_name: str | None
+    licenses: dict[str, str]
+
+
 class ExportConf(_Section):
     path: str
     format: Literal["jsonl", "parquet"]
@@ -220,6 +232,7 @@ class ExportConf(_Section):
     include_system_prompt: bool
     files_per_lang: int = Field(ge=1)
     require_checks_passed: bool
+    card: CardConf
 
 
 class ReportConf(_Section):
@@ -359,6 +372,11 @@ class Config(_Section):
             raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
         return v
 
+    def llm_stages(self) -> dict[str, "LLMStageConf"]:
+        """Every LLM stage's block by stage name, found by type: a new LLM stage is covered by whatever
+        iterates this (maintain's staging sweep) without being listed there."""
+        return {name: v for name in type(self).model_fields if isinstance(v := getattr(self, name), LLMStageConf)}
+
     def snapshot(self) -> dict[str, Any]:
         """The config as plain data with every secret-looking value redacted (safe for logs and tables)."""
         return redact(self.model_dump(by_alias=True))
@@ -484,10 +502,32 @@ def load_config(files: list[str | Path] | None = None, sets: list[str] | None = 
         for p in reversed(parts):
             nested = {p: nested}
         tree = _merge(tree, nested, f"--set {'.'.join(parts)}", provenance)
+    tree = _inherit_llm(tree, provenance)
     try:
         return Config.model_validate(_interpolate_env(tree))
     except ValidationError as e:
         raise ConfigError(_explain(e, provenance)) from None
+
+
+def _inherit_llm(tree: dict, provenance: dict[str, str]) -> dict:
+    """Each LLM stage's block = the shared `llm` block with the stage's own keys over it (dicts merge
+    key by key), after every file and --set: `--set llm.batch_size=8` reaches every stage that does not
+    set its own. Keys a stage inherits report the llm key's origin in errors."""
+    shared = tree.pop("llm", None) or {}
+    out = dict(tree)
+    for name, field in Config.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, LLMStageConf):
+            out[name] = _over(shared, tree.get(name) or {})
+            for path in [p for p in provenance if p.startswith("llm.")]:
+                provenance.setdefault(f"{name}.{path[4:]}", provenance[path])
+    return out
+
+
+def _over(base: dict, own: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in own.items():
+        out[k] = _over(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def _explain(error: ValidationError, provenance: dict[str, str]) -> str:

@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 STAGE = "curate"
 KEY = ["source", "source_id", "turn"]
 _RAW = [*KEY, "text", "source_lang", "moderation_flagged", "redacted", "input_file", "record_index"]
-# duplicate_of:<id>, near_duplicate_of:<id>, template:<id> count under their class; other reasons are classes.
-_REASON_CLASS = r"^(duplicate_of|near_duplicate_of|template):.*$"
 
 
 def filter_options(c: CurateConf) -> U.FilterOptions:
@@ -80,11 +78,6 @@ def bands_rows(c: CurateConf) -> tuple[int, int]:
     if n.bands and n.rows:
         return n.bands, n.rows
     return optimal_bands(n.threshold, n.num_perm)
-
-
-def char_bands_rows(c: CurateConf) -> tuple[int, int]:
-    """LSH bands x rows of char-shingled texts: tuned to the lower char_candidate_threshold."""
-    return optimal_bands(c.near_dedup.char_candidate_threshold, c.near_dedup.num_perm)
 
 
 def near_options(c: CurateConf) -> U.NearOptions:
@@ -314,15 +307,15 @@ def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tup
     if not n.enabled:
         return none, {"enabled": False}
     bands, rows = bands_rows(ctx.conf.curate)
-    char_bands, char_rows = char_bands_rows(ctx.conf.curate)
-    lsh = {"ngram": n.ngram, "char_ngram": n.char_ngram, "mode": n.shingle_mode, "char_bands": char_bands, "char_rows": char_rows}
+    lsh = {"ngram": n.ngram, "char_ngram": n.char_ngram, "mode": n.shingle_mode, "char_bands": n.char_bands, "char_rows": n.char_rows}
     near = near_options(ctx.conf.curate)
     checkpoint = local_checkpoint
     if n.checkpoint_dir:
         ctx.spark.sparkContext.setCheckpointDir(n.checkpoint_dir)
         checkpoint = lambda df: df.checkpoint(eager=True)  # noqa: E731
     stats: dict = {
-        "enabled": True, "bands": bands, "rows": rows, "char_bands": char_bands, "char_rows": char_rows,
+        "enabled": True, "bands": bands, "rows": rows, "char_bands": n.char_bands, "char_rows": n.char_rows,
+        "char_min_bands": n.char_min_bands,
         "threshold": n.threshold, "verify": n.verify,
     }  # fmt: skip
     nodes = langs.where(F.col("lang_reason").isNull())
@@ -343,7 +336,7 @@ def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tup
             )
             payload = nodes.select("node", F.col("text").alias("value"))
         shared, _ = steps.keep(shared_buckets(band_rows), cut=True)
-        pairs, n_pairs = steps.keep(candidate_pairs(shared, n.max_bucket_pairs), cut=True)
+        pairs, n_pairs = steps.keep(candidate_pairs(shared, n.max_bucket_pairs, n.char_min_bands), cut=True)
 
         if n.verify == "signature":
 
@@ -481,7 +474,7 @@ def run(ctx: Context) -> StageResult:
                 "prompts": store.delete(stale_prompts, "prompts", run_id=ctx.run_id, stage=STAGE),
                 "prompts_rejected": store.delete(stale_rejects, "prompts_rejected", run_id=ctx.run_id, stage=STAGE),
             }
-        by_reason = rejected.groupBy(F.regexp_replace("reason", _REASON_CLASS, "$1").alias("r")).count().collect()
+        by_reason = rejected.groupBy(F.regexp_replace("reason", U.PER_ITEM_REASON, "$1").alias("r")).count().collect()
         kept_langs = prompts.groupBy("lang").count().collect()
         flags = prompts.select(F.explode("flags").alias("f")).groupBy("f").count().collect()
         stats["rejected_by_reason"] = {r["r"]: r["count"] for r in sorted(by_reason, key=lambda r: r["r"])}

@@ -13,6 +13,8 @@ from typing import Callable
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from instructlake.udfs.minhash import CHAR_BAND_OFFSET
+
 Checkpoint = Callable[[DataFrame], DataFrame]
 
 
@@ -33,17 +35,23 @@ def shared_buckets(bands: DataFrame) -> DataFrame:
     )
 
 
-def candidate_pairs(shared: DataFrame, max_pairs_per_member: int) -> DataFrame:
+def candidate_pairs(shared: DataFrame, max_pairs_per_member: int, char_min_bands: int = 1) -> DataFrame:
     """Candidate pairs (a, b), a < b, distinct, from `shared_buckets`.
 
     Each member is paired with the members ranked before it, but only the first `max_pairs_per_member`:
     a bucket of up to max+1 members gives every pair, a giant bucket (a popular boilerplate) gives at
-    most max pairs per member instead of a quadratic blow-up.
+    most max pairs per member instead of a quadratic blow-up. A pair of char-shingled texts (bands from
+    CHAR_BAND_OFFSET on; they never share a band with a word-shingled text) must share `char_min_bands`
+    bands: more, shorter bands with that rule make a sharper LSH curve than fewer, longer ones.
     """
     bucket = ["band", "band_key"]
     left = shared.where(F.col("rank") <= max_pairs_per_member).select(*bucket, F.col("node").alias("a"), F.col("rank").alias("ra"))
     right = shared.select(*bucket, F.col("node").alias("b"), F.col("rank").alias("rb"))
-    return left.join(right, bucket).where(F.col("ra") < F.col("rb")).select("a", "b").distinct()
+    pairs = left.join(right, bucket).where(F.col("ra") < F.col("rb"))
+    if char_min_bands <= 1:
+        return pairs.select("a", "b").distinct()
+    shared_bands = pairs.groupBy("a", "b").agg(F.count("*").alias("n"), F.max("band").alias("band"))
+    return shared_bands.where((F.col("band") < CHAR_BAND_OFFSET) | (F.col("n") >= char_min_bands)).select("a", "b")
 
 
 def _undirected(edges: DataFrame) -> DataFrame:

@@ -3,7 +3,8 @@
 Each record is `{"messages": [system?, user, assistant], "prompt_id", "response_id", "lang", "model", "task"}`,
 the shape TRL/axolotl-style SFT loaders read. The export is a pure function of the responses table at one
 version (and of response_checks / judgements where used), written with overwrite, so re-running it
-reproduces the same files and never duplicates records. select=best keeps the best-judged usable sample
+reproduces the same files and never duplicates records. `export.path/README.md` is a Hugging Face
+dataset card of the latest export, with the figures behind it (jobs/card.py). select=best keeps the best-judged usable sample
 per prompt, model and task (best-of-n); min_score leaves out responses the judge scored low.
 """
 
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from instructlake.jobs import card
 from instructlake.jobs.runs import Context, StageResult
 
 
@@ -82,7 +85,13 @@ def run(ctx: Context) -> StageResult:
     try:
         counts = {r["reason"]: r["count"] for r in chosen.groupBy("reason").count().collect()}
         records = chat_records(chosen.filter(F.col("reason").isNull()), conf.include_system_prompt)
-        per_lang = {r["lang"]: r["count"] for r in records.groupBy("lang").count().collect()}
+        per_model_lang: dict[str, dict[str, int]] = {}
+        for r in records.groupBy("model", "lang").count().collect():
+            per_model_lang.setdefault(r["model"], {})[r["lang"]] = r["count"]
+        per_lang: dict[str, int] = {}
+        for langs in per_model_lang.values():
+            for lang, n in langs.items():
+                per_lang[lang] = per_lang.get(lang, 0) + n
         target = export_location(ctx)
         writer = records.repartition(max(1, conf.files_per_lang), "lang").sortWithinPartitions("prompt_id", "response_id")
         writer = writer.write.mode("overwrite").partitionBy("lang")
@@ -90,6 +99,13 @@ def run(ctx: Context) -> StageResult:
             writer.option("compression", "gzip").json(target)
         else:
             writer.parquet(target)
+        if conf.card.enabled:
+            # One level above the data: a README.md among the Parquet files would break spark.read.parquet.
+            data_glob = f"{conf.format}/lang={{lang}}/*." + ("json.gz" if conf.format == "jsonl" else "parquet")
+            left_out = {k: v for k, v in counts.items() if k is not None}
+            facts = card.card_facts(ctx, chosen.filter(F.col("reason").isNull()), left_out, data_glob)
+            with fsspec.open(f"{target.rsplit('/', 1)[0]}/{card.FILE}", "w", encoding="utf-8") as fh:
+                fh.write(card.render(facts, conf.card.pretty_name))
     finally:
         chosen.unpersist()
     exported = counts.pop(None, 0)
@@ -98,7 +114,7 @@ def run(ctx: Context) -> StageResult:
         rows_in=exported + sum(counts.values()),
         rows_out=exported,
         rows_rejected=sum(counts.values()),
-        stats={"path": target, "format": conf.format, "responses_version": version, "per_lang": per_lang, "left_out": counts},
+        stats={"path": target, "format": conf.format, "card": conf.card.enabled, "responses_version": version, "per_lang": per_lang, "per_model_lang": per_model_lang, "left_out": counts},
     )
 
 

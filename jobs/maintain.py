@@ -49,7 +49,7 @@ def run(ctx: Context) -> StageResult:
         log.info("maintain %s: %d -> %d files, %s vacuumed", name, before["files"], after["files"], entry.get("vacuumed_files"))
     if c.staging:
         roots = set()
-        for llm in (ctx.conf.translate, ctx.conf.generate, ctx.conf.judge):
+        for llm in ctx.conf.llm_stages().values():
             try:
                 roots.add(staging_root(ctx.conf, llm))
             except ValueError:  # a catalog without a staging_dir: staged commits cannot have run

@@ -90,6 +90,23 @@ class StageResult:
     tables: list[str] = field(default_factory=list)
 
 
+def config_json(conf: Config) -> str:
+    """The config as stored in run records: redacted by key name, then scrubbed of secret values that
+    leaked into other fields (a path, a URL)."""
+    return scrub(json.dumps(conf.snapshot(), sort_keys=True, default=str), conf)
+
+
+def latest_stats(store: TableStore, stage: str) -> dict[str, Any]:
+    """The stats of `stage`'s latest succeeded run ({} when there is none)."""
+    from pyspark.sql import functions as F
+
+    if not store.exists("runs"):
+        return {}
+    runs = store.read("runs").where((F.col("stage") == stage) & (F.col("status") == "succeeded"))
+    row = runs.orderBy(F.desc("finished_at")).select("stats").first()
+    return json.loads(row["stats"]) if row and row["stats"] else {}
+
+
 def run_stage(ctx: Context, stage: str) -> StageResult:
     """Run one stage under a lease on what it writes and record it in `runs`: 'running' first, then
     'succeeded' with its counts or 'failed' with the error (secrets scrubbed). The exception still
@@ -101,8 +118,7 @@ def run_stage(ctx: Context, stage: str) -> StageResult:
     record = {
         "run_id": ctx.run_id,
         "stage": stage,
-        # Redacted by key name, then scrubbed of secret values that leaked into other fields (a path, a URL).
-        "config": scrub(json.dumps(ctx.conf.snapshot(), sort_keys=True, default=str), ctx.conf),
+        "config": config_json(ctx.conf),
         "started_at": started,
         "created_at": started,
     }

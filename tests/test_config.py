@@ -106,3 +106,23 @@ def test_set_quoted_segment_keeps_dots():
     assert conf.spark.conf == {"spark.task.cpus": "2", "spark.ui.enabled": "false"}
     with pytest.raises(ConfigError, match="empty key segment"):
         load_config([], ["spark..master=x"])
+
+
+LLM_STAGES = ("translate", "generate", "judge", "reverse")
+
+
+def test_llm_stages_inherit_the_shared_block_and_override_it():
+    conf = load_config([], ["llm.batch_size=8", "generate.batch_size=16", "llm.gpu.task_cpus=4", "judge.gpu.per_task=2"])
+    assert [getattr(conf, s).batch_size for s in LLM_STAGES] == [8, 16, 8, 8]
+    assert [getattr(conf, s).gpu.task_cpus for s in LLM_STAGES] == [4, 4, 4, 4]  # nested blocks merge key by key
+    assert [getattr(conf, s).gpu.per_task for s in LLM_STAGES] == [None, None, 2, None]
+    assert set(conf.llm_stages()) == set(LLM_STAGES)
+    # What a stage sets in default.yaml stays its own: the judge and translation are greedy.
+    assert conf.judge.sampling.temperature == conf.translate.sampling.temperature == 0.0
+    assert conf.generate.sampling.temperature is None and conf.judge.sampling.max_tokens == 512
+    assert "llm" not in conf.snapshot()  # run records hold each stage's resolved block
+
+
+def test_an_inherited_key_reports_where_it_was_set():
+    with pytest.raises(ConfigError, match=r"generate\.tasks: .*\(from --set llm\.tasks\)"):
+        load_config([], ["llm.tasks=0"])

@@ -24,7 +24,7 @@ def _data_files(table_dir):
 
 
 def test_compact_then_vacuum_within_retention(ctx_factory, tmp_path):
-    ctx = ctx_factory("maintain.retention_hours=1")
+    ctx = ctx_factory("maintain.retention_hours=1", f"reverse.staging_dir={tmp_path / 'reverse_staging'}")
     store = ctx.store
     for i in range(10):  # ten commits of a chunked writer: ten small files
         store.append(frame(ctx.spark, raw_rows(30, start=30 * i), partitions=1), "prompts_raw", run_id="r", stage="t", chunk=str(i))
@@ -39,6 +39,10 @@ def test_compact_then_vacuum_within_retention(ctx_factory, tmp_path):
     for name in (".tmp-old-a.parquet", ".tmp-young-b.parquet", "run-0-1.parquet"):
         (staging / name).write_bytes(b"x")
     _age(staging / ".tmp-old-a.parquet", 2 * DAY)
+    reverse_staging = tmp_path / "reverse_staging" / "reverse_steps"  # every LLM stage's staging dir is swept
+    reverse_staging.mkdir(parents=True)
+    (reverse_staging / ".tmp-old-c.parquet").write_bytes(b"x")
+    _age(reverse_staging / ".tmp-old-c.parquet", 2 * DAY)
 
     result = run_stage(ctx, "maintain")
     s = result.stats["tables"]["prompts_raw"]
@@ -53,8 +57,9 @@ def test_compact_then_vacuum_within_retention(ctx_factory, tmp_path):
     from deltalake import DeltaTable
 
     assert DeltaTable(str(table_dir), version=version).to_pyarrow_table().num_rows == 300
-    assert result.stats["staging_temps_removed"] == 1
+    assert result.stats["staging_temps_removed"] == 2
     assert sorted(p.name for p in staging.iterdir()) == [".tmp-young-b.parquet", "run-0-1.parquet"]
+    assert list(reverse_staging.iterdir()) == []
     assert result.rows_in == result.rows_out == sum(t["before"]["rows"] for t in result.stats["tables"].values())
 
     # Once nothing needs them (retention 0): every unreferenced file goes; the rows stay.
