@@ -78,6 +78,7 @@ def card_facts(ctx: Context, exported: DataFrame, left_out: dict[str, int], data
             "near_clusters": near.get("clusters", 0),
             "near_threshold": near.get("threshold"),
         }
+        facts["decontamination"] = curate.get("decontaminate", {"enabled": False})
     if store.exists("response_checks"):
         from instructlake.udfs.checks import CHECKS
 
@@ -143,6 +144,14 @@ def render(facts: dict[str, Any], pretty_name: str | None = None) -> str:
             f"- near duplicates removed (MinHash-LSH, Jaccard >= {d['near_threshold']}, edit ratio for short CJK): "
             f"{d['near_duplicates']:,} in {d['near_clusters']:,} clusters" if d["near"] else "- near dedup: off",
         ]  # fmt: skip
+    dc = facts.get("decontamination") or {}
+    if dc.get("enabled"):
+        verb = "removed" if dc["action"] == "drop" else "flagged"
+        out += ["", "## Decontamination", "", f"Prompts that contain an evaluation benchmark's item ({verb}; "
+                f"{dc.get('cross_lingual', 0):,} of them found through a translation):", ""]  # fmt: skip
+        out += _table(["benchmark", "items", f"prompts {verb}"], [[b, n, dc.get("prompts", {}).get(b, 0)] for b, n in dc["items"].items()])
+    elif facts.get("dedup"):
+        out += ["", "## Decontamination", "", "No benchmark was checked (`curate.decontaminate.benchmarks` is empty)."]
     out += ["", "## Models and sampling", ""]
     out += _table(
         ["model", "task", "temperature", "top_p", "max_tokens", "samples per prompt", "exported"],

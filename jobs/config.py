@@ -185,10 +185,32 @@ class LangidConf(_Section):
     candidates_k: int = Field(ge=1)
 
 
+class BenchmarkConf(_Section):
+    name: str = Field(pattern=r"^[^:\s]+$")  # the middle of contaminated:<name>:<item id>
+    path: str
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    id_field: str = "id"
+    text_field: str = "text"
+
+
+class DecontaminateConf(_Section):
+    action: Literal["drop", "flag", "off"]
+    benchmarks: list[BenchmarkConf]
+    ngram: int = Field(ge=1)
+    char_ngram: int = Field(ge=1)
+    min_ngrams: int = Field(ge=1)
+    near_max_tokens: int = Field(ge=0)
+    near_containment: float = Field(gt=0, le=1)
+    char_near_containment: float = Field(gt=0, le=1)
+    max_postings: int = Field(ge=1)
+    translations: bool
+
+
 class CurateConf(_Section):
     partitions: int = Field(ge=0)
     filters: FiltersConf
     dedup: DedupConf
+    decontaminate: DecontaminateConf
     near_dedup: NearDedupConf
     langid: LangidConf
 

@@ -7,6 +7,8 @@ Steps, each materialized once and timed (stats["steps"], seconds; stats["step_ro
                skeletons counted across the table (more than max_count distinct prompts: a template)
   exact_dedup  group by prompt_id = hash(normalized text); representative = smallest (source, source_id,
                turn); the others -> duplicate_of:<prompt_id>
+  decontaminate  distinct prompts (and their translations) containing a benchmark item ->
+               contaminated:<benchmark>:<item id> (udfs.decontam; only with curate.decontaminate.benchmarks)
   langid       fastText on each distinct prompt (a narrow projection: id, text, language); languages
                outside curate.langid.langs or `und` rejected
   near_dedup   MinHash-LSH candidates, verified pairs, connected components (jobs.dedup); the member with
@@ -16,7 +18,8 @@ Steps, each materialized once and timed (stats["steps"], seconds; stats["step_ro
                and rejected representatives (the wide rows are cached once, by exact_dedup)
   write        upsert both tables on their keys and delete what an earlier run wrote that no longer holds
 
-Every outcome is a function of prompts_raw and the config alone, so a re-run writes nothing and a run on a
+Every outcome is a function of prompts_raw, the config (benchmark files included) and, with
+curate.decontaminate.translations, the translations table, so a re-run writes nothing and a run on a
 grown prompts_raw leaves the tables exactly as a first run on it would (representatives may move, and
 rows that an earlier run kept or rejected are updated or removed accordingly).
 """
@@ -37,6 +40,7 @@ from instructlake.jobs.config import CurateConf
 from instructlake.jobs.dedup import candidate_pairs, connected_components, local_checkpoint, shared_buckets
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs import curate as U
+from instructlake.udfs import decontam
 from instructlake.udfs.minhash import minhash_batch, optimal_bands
 
 log = logging.getLogger(__name__)
@@ -274,29 +278,83 @@ def _exact_dedup(
     return groups, dups, stats
 
 
-def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[DataFrame, int, dict]:
-    """-> (one narrow row per distinct prompt: prompt_id, text, dup_count, node, the LANG_DDL columns;
-    how many are rejected; stats). The wide rows of `groups` are not copied: the assemble step joins them
-    back once, with every step's outcome."""
+def benchmark_index(ctx: Context) -> tuple[decontam.Index, dict[str, int]]:
+    """The decontamination index of curate.decontaminate.benchmarks (read with Spark, so any filesystem
+    Spark reads works; benchmarks are small and collected to the driver) and the items per benchmark."""
+    d = ctx.conf.curate.decontaminate
+    index = decontam.Index(
+        d.ngram, d.char_ngram, d.min_ngrams, d.near_max_tokens, d.near_containment, d.char_near_containment, d.max_postings
+    )
+    items: dict[str, int] = {}
+    for b in d.benchmarks:
+        reader = ctx.spark.read.parquet if b.format == "parquet" else ctx.spark.read.json
+        df = reader(b.path)
+        missing = [f for f in (b.id_field, b.text_field) if f not in df.columns]
+        if missing:
+            raise ValueError(f"curate.decontaminate.benchmarks {b.name!r}: {b.path!r} has no field(s) {missing} (id_field, text_field)")
+        rows = df.select(F.col(b.id_field).cast("string").alias("id"), F.col(b.text_field).cast("string").alias("text")).collect()
+        for r in rows:
+            index.add(b.name, r["id"], r["text"] or "")
+        items[b.name] = len(rows)
+    return index, items
+
+
+def _contamination(ctx: Context, groups: DataFrame) -> tuple[DataFrame, dict]:
+    """(prompt_id, contaminated: contaminated:<benchmark>:<item id>, cross_lingual) of every distinct prompt
+    that contains a benchmark item, itself or in one of its translations; stats."""
+    d = ctx.conf.curate.decontaminate
+    index, items = benchmark_index(ctx)
+
+    @F.pandas_udf("string")  # type: ignore[call-overload]
+    def contaminated(text: pd.Series) -> pd.Series:
+        return decontam.contamination(text, index)
+
+    hits = groups.select("prompt_id", contaminated("text").alias("contaminated"), F.lit(False).alias("cross_lingual"))
+    if d.translations and ctx.store.exists("translations"):
+        translated = ctx.store.read("translations").where(F.col("text").isNotNull()).select("prompt_id", contaminated("text").alias("hit"))
+        # A prompt's own text decides first; its translations only where the text itself is clean.
+        cross = translated.where(F.col("hit").isNotNull()).groupBy("prompt_id").agg(F.min("hit").alias("hit"))
+        hits = hits.join(cross, "prompt_id", "left").select(
+            "prompt_id", F.coalesce("contaminated", "hit").alias("contaminated"), (F.col("contaminated").isNull() & F.col("hit").isNotNull()).alias("cross_lingual")
+        )  # fmt: skip
+    return hits.where(F.col("contaminated").isNotNull()), {"enabled": True, "action": d.action, "items": items}
+
+
+def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[DataFrame, int, dict, dict]:
+    """-> (one narrow row per distinct prompt: prompt_id, text, dup_count, node, the LANG_DDL columns and
+    `contaminated`; how many are rejected; langid stats; decontamination stats). The wide rows of `groups`
+    are not copied: the assemble step joins them back once, with every step's outcome."""
     opts = lang_options(ctx.conf.curate)
 
     @F.pandas_udf(U.LANG_DDL)  # type: ignore[call-overload]
     def languages(text: pd.Series) -> pd.DataFrame:
         return U.languages(text, opts)
 
+    d = ctx.conf.curate.decontaminate
+    hits, contamination = None, {"enabled": False}
+    if d.action != "off" and d.benchmarks:
+        with steps.step("decontaminate", n_in):
+            hits, contamination = _contamination(ctx, groups)
+            hits, _ = steps.keep(hits, cut=True)  # only the contaminated prompts: a small table
+            found = hits.groupBy(F.regexp_extract("contaminated", r"^contaminated:([^:]+):", 1).alias("benchmark"), "cross_lingual").count().collect()
+        contamination["prompts"] = {b: sum(r["count"] for r in found if r["benchmark"] == b) for b in contamination["items"]}
+        contamination["cross_lingual"] = sum(r["count"] for r in found if r["cross_lingual"])
     with steps.step("langid", n_in):
+        langs = groups.select("prompt_id", "text", "dup_count", languages("text").alias("l")).select("prompt_id", "text", "dup_count", "l.*")
+        if hits is None:
+            langs = langs.withColumn("contaminated", F.lit(None).cast("string")).withColumn("cross_lingual", F.lit(False))
+        else:
+            langs = langs.join(F.broadcast(hits), "prompt_id", "left")
+            if d.action == "drop":  # contamination names the outcome before a language reason: it is what a reader must know
+                langs = langs.withColumn("lang_reason", F.coalesce("contaminated", "lang_reason"))
         # node: a long id for the near-dedup shuffles (a prompt_id is 32 characters); fixed by the persist.
-        langs, _ = steps.keep(
-            groups.select("prompt_id", "text", "dup_count", languages("text").alias("l")).select(
-                "prompt_id", "text", "dup_count", F.monotonically_increasing_id().alias("node"), "l.*"
-            )
-        )
+        langs, _ = steps.keep(langs.withColumn("node", F.monotonically_increasing_id()))
         counts = langs.groupBy("lang", F.col("lang_reason").isNotNull().alias("rejected")).count().collect()
     detected: dict[str, int] = {}
     for r in counts:
         detected[r["lang"]] = detected.get(r["lang"], 0) + r["count"]
     n_rejected = sum(r["count"] for r in counts if r["rejected"])
-    return langs, n_rejected, {"detected": dict(sorted(detected.items()))}
+    return langs, n_rejected, {"detected": dict(sorted(detected.items()))}, contamination
 
 
 def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tuple[DataFrame, dict]:
@@ -385,7 +443,7 @@ def _assemble(
     """Every distinct prompt with its outcomes, in one join -> (kept prompts rows, their count, rejected representatives:
     lang_* and near_duplicate_of:<cluster_id>), both checkpointed."""
     with steps.step("assemble", n_in):
-        outcome = groups.join(langs.drop("text", "dup_count", "node"), "prompt_id").join(clusters, "prompt_id", "left")
+        outcome = groups.join(langs.drop("text", "dup_count", "node", "cross_lingual"), "prompt_id").join(clusters, "prompt_id", "left")
         selected = F.col("lang_reason").isNull()
         outcome = outcome.withColumn("cluster_id", F.when(selected, F.coalesce("cluster_id", "prompt_id"))).withColumn(
             "cluster_size", F.when(selected, F.coalesce("cluster_size", F.lit(1)))
@@ -430,7 +488,8 @@ def _prompts(kept: DataFrame, run_id: str) -> DataFrame:
         F.col("members.source_id").alias("source_ids"),
         F.col("members.turn").alias("turns"),
         F.col("rep.template_id").alias("template_id"),
-        "flags",
+        # decontaminate.action flag: the benchmark item is named in the flags (drop: the prompt is not kept).
+        F.when(F.col("contaminated").isNotNull(), F.concat("flags", F.array("contaminated"))).otherwise(F.col("flags")).alias("flags"),
         "moderation_flagged",
         "redacted",
         F.lit(run_id).alias("run_id"),
@@ -449,7 +508,7 @@ def run(ctx: Context) -> StageResult:
         rows, parent, filtered, n_filtered, stats["filters"] = _filters(ctx, steps, raw, n_raw)
         groups, dups, stats["exact_dedup"] = _exact_dedup(ctx, steps, rows, parent, n_raw - n_filtered)
         n_groups = stats["exact_dedup"]["distinct_prompts"]
-        langs, n_lang, stats["langs"] = _langid(ctx, steps, groups, n_groups)
+        langs, n_lang, stats["langs"], stats["decontaminate"] = _langid(ctx, steps, groups, n_groups)
         clusters, stats["near_dedup"] = _near_dedup(ctx, steps, langs, n_groups - n_lang)
         prompts, n_kept, outcome_rejected = _assemble(ctx, steps, groups, langs, clusters, n_groups)
 
@@ -476,7 +535,8 @@ def run(ctx: Context) -> StageResult:
             }
         by_reason = rejected.groupBy(F.regexp_replace("reason", U.PER_ITEM_REASON, "$1").alias("r")).count().collect()
         kept_langs = prompts.groupBy("lang").count().collect()
-        flags = prompts.select(F.explode("flags").alias("f")).groupBy("f").count().collect()
+        flag = F.regexp_replace(F.col("f"), U.PER_ITEM_REASON, "$1")
+        flags = prompts.select(F.explode("flags").alias("f")).groupBy(flag.alias("f")).count().collect()
         stats["rejected_by_reason"] = {r["r"]: r["count"] for r in sorted(by_reason, key=lambda r: r["r"])}
         stats["langs"]["kept"] = {r["lang"]: r["count"] for r in sorted(kept_langs, key=lambda r: r["lang"])}
         stats["flags"] = {r["f"]: r["count"] for r in sorted(flags, key=lambda r: r["f"])}

@@ -649,7 +649,7 @@ class LLMJob:
         sink = self._sink(nonce)
         inputs = inputs.select(*self.task.input_columns)
         started = time.perf_counter()
-        stats: dict[str, Any] = {"commit": self.mode, "tasks": self.llm.tasks}
+        stats: dict[str, Any] = {"commit": self.mode, "tasks": self.llm.tasks, "model": self.task.model}
         if not total:
             return {**stats, **_summarize([], 0.0)}
         profile = gpu_profile(self.llm.gpu, self.task.engine.get("engine_args", {}))
@@ -687,6 +687,8 @@ def _summarize(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     done = [r for r in rows if r["status"] in ("committed", "already_committed")]
     tokens = sum(r["completion_tokens"] for r in done)
     gen_s = sum(r["gen_s"] for r in done)
+    # What the engine time cost in devices: a GPU task holds its GPUs for gen_s, a CPU task one core slot.
+    device_s = sum(r["gen_s"] * (len(r["gpus"].split(",")) if r["gpus"] else 1) for r in done)
     builds: dict[int, int] = {}
     for r in rows:
         builds[r["pid"]] = max(builds.get(r["pid"], 0), r["engine_builds"])
@@ -706,6 +708,9 @@ def _summarize(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "completion_tokens": tokens,
         "wall_s": round(wall_s, 3),
         "engine_s": round(gen_s, 3),  # summed over tasks
+        "device_s": round(device_s, 3),  # engine seconds x the devices each task held
+        "devices": "gpu" if any(r["gpus"] for r in done) else "cpu",
+        "requests": sum(r["prompts"] for r in done),
         "tokens_per_s": round(tokens / wall_s, 1) if wall_s else 0.0,
         "tokens_per_engine_s": round(tokens / gen_s, 1) if gen_s else 0.0,
         "engine_builds_per_worker": {str(k): v for k, v in sorted(builds.items())},

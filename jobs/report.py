@@ -9,16 +9,19 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from instructlake.jobs.export import judge_scores
 from instructlake.jobs.llm import error_status
-from instructlake.jobs.runs import Context, StageResult, utcnow
-
+from instructlake.jobs.runs import Context, StageResult, latest_stats, utcnow
+from instructlake.udfs.curate import PER_ITEM_REASON
 
 def _table(rows: list[dict[str, Any]], title: str) -> str:
     if not rows:
@@ -87,7 +90,7 @@ def build(ctx: Context) -> tuple[str, dict[str, int]]:
     if "prompts_rejected" in present:
         reasons = _rows(
             store.read("prompts_rejected")
-            .withColumn("reason", F.regexp_replace("reason", r"^(duplicate_of|template):.*", "$1:*"))
+            .withColumn("reason", F.regexp_replace("reason", PER_ITEM_REASON, "$1:*"))
             .groupBy("stage", "reason").count().orderBy(F.desc("count")),
             top,
         )
@@ -109,6 +112,11 @@ def build(ctx: Context) -> tuple[str, dict[str, int]]:
         parts.append(_plot("bar", *_histogram(responses, "completion_tokens", [0, 16, 32, 64, 128, 256, 512, 1024, 2048]), "Completion tokens"))
         sample = responses.select("prompt_text", "text", "model", "finish_reason").orderBy("response_id")
         parts.append(_table(_rows(sample, 5), "Sample responses"))
+    if "responses" in present and counts.get("responses"):
+        cost, funnel, note = llm_cost(ctx)
+        parts.append(_table(cost, "LLM engine cost by stage and model (succeeded runs)"))
+        parts.append(_table(funnel, "Funnel and generation cost per 1,000 exported examples, by model and language"))
+        parts.append(f"<p>{html.escape(note)}</p>")
     if "generation_errors" in present and counts.get("generation_errors"):
         errors = error_status(store).groupBy("error_class").agg(
             F.sum((~F.col("resolved")).cast("int")).alias("failing"), F.sum(F.col("resolved").cast("int")).alias("resolved_by_retry")
@@ -122,6 +130,77 @@ th{{background:#f3f3f3}}img{{display:block;margin:.5em 0 1.5em}}.empty{{color:#8
 <h1>instructlake dataset report</h1><p>run {html.escape(ctx.run_id)} · generated {utcnow():%Y-%m-%d %H:%M} UTC ·
 delta backend {html.escape(store.backend)}</p>{''.join(parts)}</body></html>"""
     return page, counts
+
+
+def _engine_jobs(stats: Any) -> Iterator[dict[str, Any]]:
+    """Every engine job's record in a stage run's stats (generate's is the stats; reverse nests one per step)."""
+    if isinstance(stats, dict):
+        if "device_s" in stats and "model" in stats:
+            yield stats
+        else:
+            for v in stats.values():
+                yield from _engine_jobs(v)
+    elif isinstance(stats, list):
+        for v in stats:
+            yield from _engine_jobs(v)
+
+
+def llm_cost(ctx: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(engine cost per LLM stage and model, the funnel generated -> checks passed -> judged -> exported with
+    generation device-hours per 1,000 exported examples per model and language, a one-line summary).
+
+    Device-seconds are engine seconds times the devices a task held (GPUs; a CPU task counts one). A
+    model's generation device-seconds are split over languages by their share of its completion tokens."""
+    store, conf = ctx.store, ctx.conf
+    runs = store.read("runs").where((F.col("status") == "succeeded") & F.col("stage").isin(*conf.llm_stages())) if store.exists("runs") else None
+    totals: dict[tuple[str, str], dict[str, float]] = {}
+    for r in runs.select("stage", "stats").collect() if runs is not None else []:
+        for job in _engine_jobs(json.loads(r["stats"] or "{}")):
+            t = totals.setdefault((r["stage"], job["model"]), {"devices": job.get("devices"), "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "engine_s": 0.0, "device_s": 0.0})
+            for k in ("requests", "prompt_tokens", "completion_tokens", "engine_s", "device_s"):
+                t[k] += job.get(k) or 0
+    cost = [
+        {"stage": stage, "model": model, "devices": t["devices"], "requests": int(t["requests"]), "prompt_tokens": int(t["prompt_tokens"]),
+         "completion_tokens": int(t["completion_tokens"]), "engine_hours": round(t["engine_s"] / 3600, 4),
+         "device_hours": round(t["device_s"] / 3600, 4),
+         "tokens_per_s_per_engine": round(t["completion_tokens"] / t["engine_s"], 1) if t["engine_s"] else None}
+        for (stage, model), t in sorted(totals.items())
+    ]  # fmt: skip
+
+    e = conf.export
+    resp = store.read("responses").where(F.col("task").isin(*e.tasks)).select("response_id", "model", F.coalesce("lang", F.lit("und")).alias("lang"), "completion_tokens")
+    passed, judged = F.lit(True), F.lit(True)
+    if store.exists("response_checks"):
+        resp = resp.join(store.read("response_checks").select("response_id", "passed"), "response_id", "left")
+        passed = F.coalesce(F.col("passed"), F.lit(False))
+    if store.exists("judgements"):
+        resp = resp.join(judge_scores(ctx, e.judge_model), "response_id", "left")
+        judged = F.col("score") >= F.lit(float(e.min_score)) if e.min_score is not None else F.col("score").isNotNull()
+    rows = resp.groupBy("model", "lang").agg(
+        F.count("*").alias("generated"), F.sum(passed.cast("int")).alias("checks_passed"),
+        F.sum((passed & judged).cast("int")).alias("judged"), F.sum(F.coalesce("completion_tokens", F.lit(0))).alias("tokens"),
+    ).collect()  # fmt: skip
+    export = latest_stats(store, "export").get("per_model_lang", {})
+    model_tokens: dict[str, int] = {}
+    for r in rows:
+        model_tokens[r["model"]] = model_tokens.get(r["model"], 0) + (r["tokens"] or 0)
+    judged_label = f"judged_ge_{e.min_score:g}" if e.min_score is not None else "judged"
+    funnel = []
+    for r in sorted(rows, key=lambda r: (r["model"], r["lang"])):
+        exported = export.get(r["model"], {}).get(r["lang"], 0)
+        gen_s = totals.get(("generate", r["model"]), {}).get("device_s", 0.0)
+        share = (r["tokens"] or 0) / model_tokens[r["model"]] if model_tokens[r["model"]] else 0.0
+        per_k = gen_s * share / 3600 / exported * 1000 if exported and gen_s else None
+        funnel.append({"model": r["model"], "lang": r["lang"], "generated": r["generated"], "checks_passed": r["checks_passed"],
+                       judged_label: r["judged"], "exported": exported,
+                       "generation_device_hours_per_1000_exported": round(per_k, 4) if per_k is not None else None})  # fmt: skip
+    n_exported = sum(sum(v.values()) for v in export.values())
+    all_s = sum(t["device_s"] for t in totals.values())
+    note = (
+        f"All LLM stages: {all_s / 3600:.4f} device-hours for {n_exported:,} exported examples"
+        + (f" = {all_s / 3600 / n_exported * 1000:.4f} device-hours per 1,000." if n_exported else ".")
+    )
+    return cost, funnel, note
 
 
 def run(ctx: Context) -> StageResult:

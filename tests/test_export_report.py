@@ -74,10 +74,103 @@ def test_report_describes_the_lake(ctx_with_responses, tmp_path):
              max_model_len=2048, attempt=2, run_id="r0", created_at=now),
     ]  # fmt: skip
     ctx.store.append(ctx.spark.createDataFrame(errors, SCHEMAS["generation_errors"]), "generation_errors", run_id="r0", stage="t")
+    rejected = [
+        dict(source="s", source_id=str(i), turn=0, stage="curate", reason=reason, run_id="r0", created_at=now)
+        for i, reason in enumerate(["near_duplicate_of:c1", "near_duplicate_of:c2", "duplicate_of:p1", "lang_not_selected:fr"])
+    ]
+    ctx.store.merge(ctx.spark.createDataFrame(rejected, SCHEMAS["prompts_rejected"]), "prompts_rejected", run_id="r0", stage="t")
+    # Run records as the generate and export stages write them: two GPU-hours of generation, 18 exported.
+    gen = {"model": "m", "devices": "gpu", "requests": 10, "prompt_tokens": 100, "completion_tokens": 110, "engine_s": 3600.0, "device_s": 7200.0}
+    runs = [
+        dict(run_id="g1", stage="generate", status="succeeded", stats=json.dumps(gen)),
+        dict(run_id="e1", stage="export", status="succeeded", stats=json.dumps({"per_model_lang": {"m": {"en": 10, "ja": 8}}})),
+    ]
+    runs = [{"config": "{}", "rows_in": 0, "rows_out": 0, "rows_rejected": 0, "started_at": now, "finished_at": now, "error": None,
+             "created_at": now, **r} for r in runs]  # fmt: skip
+    ctx.store.write_rows(runs, "runs", run_id="r0", stage="t")
     result = run_stage(ctx, "report")
     page = (tmp_path / "reports" / "index.html").read_text()
     assert result.stats["tables"]["responses"] == 20
     assert "Responses per model, task and language" in page and "Finish reasons" in page
     assert page.count("<img") >= 2  # finish reasons, completion tokens
     assert "<b>to</b>" not in page and "&lt;b&gt;to&lt;/b&gt;" in page  # texts are escaped
+    # One row per reason class: clusters and kept copies are not listed one by one.
+    assert "<tr><td>curate</td><td>near_duplicate_of:*</td><td>2</td></tr>" in page
+    assert "<tr><td>curate</td><td>duplicate_of:*</td><td>1</td></tr>" in page
+    assert "<td>lang_not_selected:fr</td>" in page and "near_duplicate_of:c1" not in page
+    # Cost: en has 66 of the model's 110 completion tokens (6 prompts x 2 samples of 5 and 6 tokens), ja 44.
+    assert "<tr><td>generate</td><td>m</td><td>gpu</td><td>10</td><td>100</td><td>110</td><td>1.0</td><td>2.0</td><td>0.0</td></tr>" in page
+    assert "<tr><td>m</td><td>en</td><td>12</td><td>12</td><td>12</td><td>10</td><td>120.0</td></tr>" in page
+    assert "<tr><td>m</td><td>ja</td><td>8</td><td>8</td><td>8</td><td>8</td><td>100.0</td></tr>" in page
+    assert "All LLM stages: 2.0000 device-hours for 18 exported examples = 111.1111 device-hours per 1,000." in page
     assert "<tr><th>error_class</th><th>failing</th><th>resolved_by_retry</th></tr><tr><td>Timeout</td><td>1</td><td>1</td></tr>" in page
+
+
+def test_export_writes_a_dataset_card_that_datasets_loads(ctx_factory, tmp_path, shared_data):
+    """Real prompts through ingest and curate, answers written as generate writes them, the checks stage,
+    judge rows; then the card's figures against the tables, and the export loaded by the real `datasets`."""
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import DatasetCard
+
+    from instructlake.udfs.text import content_hash
+
+    src = tmp_path / "in"
+    src.mkdir()
+    en = [json.loads(l) for l in open(shared_data / "prompts" / "en_dolly_open_qa.jsonl")][:8]
+    ja = [json.loads(l) for l in open(shared_data / "prompts" / "ja_dolly_15k_ja_v0_first5000.jsonl")][:5]
+    (src / "en_dolly_open_qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*en, {**en[0], "id": "copy"}]))
+    (src / "ja_dolly_15k_ja_v0_first5000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ja))
+    (tmp_path / "mystery.jsonl").write_text(json.dumps({"id": "m1", "text": "What is the tallest mountain in Africa and how tall is it?"}) + "\n")
+    ctx = ctx_factory(
+        f"ingest.inputs=[{{path: '{src}/*.jsonl'}}, {{path: '{tmp_path}/mystery.jsonl', source: 'mystery | <b>src'}}]", f"export.path={tmp_path / 'exports'}", "curate.near_dedup.enabled=false",
+        "export.card.pretty_name=Camel SFT",
+    )  # fmt: skip
+    for stage in ("ingest", "curate"):
+        run_stage(ctx, stage)
+    prompts = ctx.store.read("prompts").select("prompt_id", "text", "lang").collect()
+    rows = [response(p["text"], i, p["lang"]) for p in prompts for i in range(2)]
+    for r in rows:
+        r["text"] = ("Kilimanjaro is 5,895 metres tall and it is the highest mountain in Africa. " if r["lang"] == "en"
+                     else "キリマンジャロはアフリカで最も高い山で、標高は五千八百九十五メートルです。") * (1 + r["sample_index"])  # fmt: skip
+    rows[0]["text"] = "I'm sorry, but I can't help with that request."  # fails the refusal check
+    ctx.store.merge(ctx.spark.createDataFrame(rows, SCHEMAS["responses"]), "responses", run_id="r0", stage="generate")
+    run_stage(ctx, "quality")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    judged = [dict(response_id=r["response_id"], prompt_id=r["prompt_id"], judge_model="j", score=float(3 + i % 7), rationale="[[n]]",
+                   finish_reason="stop", prompt_tokens=1, completion_tokens=1, gen_config_id="g", run_id="r0", created_at=now)
+              for i, r in enumerate(rows)]  # fmt: skip
+    ctx.store.merge(ctx.spark.createDataFrame(judged, SCHEMAS["judgements"]), "judgements", run_id="r0", stage="judge")
+    result = run_stage(ctx, "export")
+
+    root = tmp_path / "exports"
+    card = DatasetCard.load(root / "README.md")
+    per_lang = result.stats["per_lang"]
+    assert sum(per_lang.values()) == len(rows) - 1  # the refusal failed its checks
+    meta = card.data.to_dict()
+    assert meta["pretty_name"] == "Camel SFT"
+    assert meta["language"] == sorted(per_lang) == ["en", "ja"]
+    assert meta["license"] == "other"  # the mystery source declares none
+    assert meta["size_categories"] == ["n<1K"]
+    assert [c["config_name"] for c in meta["configs"]] == ["en", "ja"]
+    text = card.text
+    assert "mystery \\| &lt;b&gt;src" in text and "<b>" not in text  # source names are escaped
+    assert "| en_dolly_open_qa | cc-by-sa-3.0 | 9 | 8 |" in text  # 9 ingested rows, 8 distinct prompts kept
+    assert "- near dedup: off" in text
+    assert "No benchmark was checked" in text
+    assert "| curate | duplicate_of | 1 |" in text
+    assert "- exact duplicates removed (normalized text): 1" in text
+    assert "| refusal | 1 |" in text and f"{len(rows)} generated responses checked, {len(rows) - 1} passed" in text
+    n_seven = sum(1 for i, r in enumerate(rows) if i and 3 + i % 7 == 7)  # judged 7, exported (all but rows[0])
+    assert f"| j | 7 | {n_seven} |" in text
+    assert "| failed_checks | 1 |" in text
+    assert f"run id: `{ctx.run_id}`" in text
+    digest = content_hash(ctx.store.read("runs").where(f"run_id = '{ctx.run_id}' AND stage = 'export'").first()["config"])
+    assert f"config digest: `{digest}`" in text
+
+    # The Hub's loaders read the export as it lies: by the card's configs, and by data_files.
+    for lang, n in per_lang.items():
+        by_config = datasets.load_dataset(str(root), lang, split="train")
+        assert by_config.num_rows == n
+        assert by_config[0]["messages"][-1]["role"] == "assistant"
+        by_files = datasets.load_dataset("json", data_files=str(root / "jsonl" / f"lang={lang}" / "*.json.gz"), split="train")
+        assert sorted(by_files["response_id"]) == sorted(by_config["response_id"])

@@ -93,6 +93,9 @@ def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_d
     assert run.status == "succeeded" and run.rows_out == 16
     stats = result.stats
     assert stats["commit"] == {"rs": "direct", "spark": "staged"}[backend] and stats["chunks"] >= 3 and stats["completion_tokens"] == df.completion_tokens.sum()
+    # The cost record: on the CPU each engine task holds one device, so device seconds are engine seconds.
+    assert stats["model"] == df.model.iloc[0] and stats["devices"] == "cpu" and stats["requests"] == df.prompt_id.nunique()
+    assert stats["device_s"] == pytest.approx(stats["engine_s"], abs=0.01) and stats["engine_s"] > 0
     assert all(v == 1 for v in stats["engine_builds_per_worker"].values())
 
     # The reference: one plain vllm.LLM + LLM.chat call in a process of its own, same prompts and seeds.

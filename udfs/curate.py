@@ -24,9 +24,10 @@ DETECTED_KINDS = ("email", "phone", "ipv4", "ipv6", "credit_card", "secret")  # 
 
 ANNOTATE_DDL = "prompt_id string, norm_text string, n_chars int, reason string, flags array<string>, template_id string"
 LANG_DDL = "lang string, lang_score double, lang2 string, lang2_score double, lang_reason string"
-# Reasons that name one item: duplicate_of:<id>, near_duplicate_of:<cluster>, template:<id>. Counted under
-# their class (group 1) in run stats, reports and cards; every other reason is its own class.
-PER_ITEM_REASON = r"^(duplicate_of|near_duplicate_of|template):.*$"
+# Reasons (and flags) that name one item: duplicate_of:<id>, near_duplicate_of:<cluster>, template:<id>,
+# contaminated:<benchmark>:<item id>. Counted under their class (group 1: contaminated keeps its benchmark)
+# in run stats, reports and cards; every other reason is its own class.
+PER_ITEM_REASON = r"^(duplicate_of|near_duplicate_of|template|contaminated:[^:]+):.*$"
 
 
 @dataclass(frozen=True)
