@@ -41,6 +41,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/generate_bench.py
 	$(PY) benchmarks/curate_bench.py --n 100000
+	$(PY) benchmarks/decontam_bench.py
 	$(PY) benchmarks/maintain_bench.py
 
 clean:
