@@ -128,10 +128,12 @@ def test_one_engine_per_worker_across_partitions_and_jobs(make_ctx, prompts):
     result = run_stage(ctx, "generate")
     assert result.rows_out == 24
     builds = result.stats["engine_builds_per_worker"]
-    # local[2]: at most two Python workers served six tasks, and neither built its engine twice, nor
-    # again for this second job (the engines of the previous test were reused).
-    assert 1 <= len(builds) <= 2 and set(builds.values()) == {1}
-    assert result.stats["engine_start_s"] == [] or len(result.stats["engine_start_s"]) <= 2
+    # No worker built its engine twice (the counts are per worker lifetime: across these six tasks and the
+    # previous test's job), and fewer workers than tasks served them, so engines served several tasks.
+    # How many workers local[2]'s pool holds depends on earlier tests (a task with two Python UDFs holds
+    # two workers; the suite's pool reached 4): the invariant is one engine per worker, not two workers.
+    assert set(builds.values()) == {1}
+    assert len(result.stats["engine_start_s"]) <= len(builds) < 6
 
 
 def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts):
