@@ -17,7 +17,7 @@ import pandas as pd
 
 from instructlake.udfs.filters import find_pii
 from instructlake.udfs.langid import UNDETERMINED, detect
-from instructlake.udfs.text import prose, without_markup
+from instructlake.udfs.text import letter_lines, without_markup
 
 CHECKS = ("empty", "truncated", "repetition", "wrong_language", "refusal", "self_identification", "pii_leak")
 OUTPUT_DDL = ", ".join(f"{c} boolean" for c in CHECKS) + ", response_lang string, repeated_ratio float"
@@ -66,11 +66,11 @@ def repeated_ratio(text: str, n: int = 4) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def longest_run(text: str) -> int:
+def longest_run(bare: str) -> int:
     """Characters in the longest stretch of one unit of 1-4 non-space characters repeated back to back
-    ("#####...", "abcabcabc") outside code, math and tables: a looping model writes one; a Markdown
-    table rule or a code banner is markup."""
-    return max((len(m.group(0)) for m in _RUN.finditer(without_markup(text))), default=0)
+    ("#####...", "abcabcabc") in `bare`, a text already `without_markup`: a looping model writes one; a
+    Markdown table rule or a code banner is markup."""
+    return max((len(m.group(0)) for m in _RUN.finditer(bare)), default=0)
 
 
 def check_batch(
@@ -90,9 +90,10 @@ def check_batch(
     text = batch["text"].fillna("").astype(str)
     prompts = batch["prompt_text"].fillna("").astype(str)
     stripped = text.str.strip()
-    words = pd.Series([prose(t) for t in text], index=text.index)
+    bare = [without_markup(t) for t in text]  # once per answer: the prose and the run both read it
+    words = pd.Series([letter_lines(b) for b in bare], index=text.index)
     ratio = np.array([repeated_ratio(t) for t in text], dtype="float32")
-    runs = np.array([longest_run(t) for t in text])
+    runs = np.array([longest_run(b) for b in bare])
     detected = detect(words, model_path=langid_model, threshold=lang_threshold)["lang"].to_numpy()
     expected = batch["lang"].fillna(UNDETERMINED).to_numpy()
     comparable = (

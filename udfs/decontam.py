@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from instructlake.udfs.minhash import _is_char
+from instructlake.udfs.minhash import unspaced
 
 _NON_WORD = re.compile(r"\W+")
 _WORD = re.compile(r"\w+")
@@ -35,7 +35,7 @@ def tokens(text: str) -> tuple[list[str], bool]:
     an unspaced script."""
     norm = unicodedata.normalize("NFKC", text).casefold()
     letters = _NON_WORD.sub("", norm)
-    if _is_char(letters, "auto"):
+    if unspaced(letters):
         return list(letters), True
     return _WORD.findall(norm), False
 

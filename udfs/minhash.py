@@ -46,7 +46,7 @@ def shingles(
     words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
     if not words:
         return np.empty(0, np.uint64), mode == "char"
-    char = _is_char("".join(words), mode, char_ratio)
+    char = unspaced("".join(words), mode, char_ratio)
     if char:
         s = "".join(words)
         grams = {s[i : i + char_ngram] for i in range(max(1, len(s) - char_ngram + 1))}
@@ -229,7 +229,7 @@ def near_duplicates(
     for i, (a, b) in enumerate(zip(pairs["text_a"], pairs["text_b"], strict=True)):
         if max(len(a), len(b)) <= short_chars:
             x, y = (unicodedata.normalize("NFKC", t).casefold() for t in (a, b))
-            if _is_char(_NON_WORD.sub("", x), mode) and _is_char(_NON_WORD.sub("", y), mode):
+            if unspaced(_NON_WORD.sub("", x), mode) and unspaced(_NON_WORD.sub("", y), mode):
                 out[i] = _edit_similar(x, y, short_edit_ratio)
                 continue
         out[i] = jaccard(shingles(a, **kw)[0], shingles(b, **kw)[0]) >= threshold
@@ -248,8 +248,9 @@ def _edit_similar(x: str, y: str, r: float) -> bool:
     return difflib.SequenceMatcher(None, x, y, autojunk=False).ratio() >= r
 
 
-def _is_char(letters: str, mode: Mode, char_ratio: float = 0.3) -> bool:
-    """Whether text whose word characters are `letters` is shingled by characters."""
+def unspaced(letters: str, mode: Mode = "auto", char_ratio: float = 0.3) -> bool:
+    """Whether text whose word characters are `letters` is shingled (and tokenized, udfs.decontam) by
+    characters: `auto` when more than `char_ratio` of them are from an unspaced script."""
     if mode != "auto":
         return mode == "char"
     return bool(letters) and len(letters) - len(_UNSPACED.sub("", letters)) > char_ratio * len(letters)

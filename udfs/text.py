@@ -75,11 +75,15 @@ def without_markup(text: str) -> str:
 
 
 def prose(text: str) -> str:
-    """The natural-language part of an answer: `without_markup`, and without lines that are mostly not
-    letters (data such as "- A: 30kW -> 0kW"). Code, math and data have no language to be wrong about,
-    and placeholder addresses in code samples are not personal data."""
+    """The natural-language part of an answer: `without_markup`, then `letter_lines`. Code, math and data
+    have no language to be wrong about, and placeholder addresses in code samples are not personal data."""
+    return letter_lines(without_markup(text))
+
+
+def letter_lines(text: str) -> str:
+    """The lines of `text` that are mostly letters (not data such as "- A: 30kW -> 0kW")."""
     lines = []
-    for line in without_markup(text).split("\n"):
+    for line in text.split("\n"):
         visible = len(line) - line.count(" ") - line.count("\t")
         if visible and len(_LETTER.findall(line)) >= 0.5 * visible:
             lines.append(line)
