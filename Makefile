@@ -36,7 +36,7 @@ pipeline:
 	$(VENV)/bin/instructlake pipeline --conf $(CONF) $(SET)
 
 test: setup
-	$(PY) -m pytest tests -q -rs --timeout=900
+	$(PY) -m pytest tests -q -rs --timeout=900 --durations=40
 
 bench: setup
 	$(PY) benchmarks/generate_bench.py
