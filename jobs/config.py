@@ -336,11 +336,45 @@ class TranslateConf(LLMStageConf):
     template: str | None
 
 
+class ModelChoice(_Section):
+    """One entry of `generate.models`: a model file and what differs for that model; a key left out is
+    the stage's (generate over llm)."""
+
+    model_conf: str
+    model: str | None = None
+    backend: Literal["vllm", "transformers"] | None = None
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # merged over the stage's
+    chat_template: str | None = None
+    sampling: dict[str, Any] = Field(default_factory=dict)  # SamplingOverrides keys, over the stage's
+    tasks: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    gpu: dict[str, Any] = Field(default_factory=dict)  # GpuConf keys, over the stage's
+
+
+def _model_choice(v: Any) -> Any:
+    return {"model_conf": v} if isinstance(v, str) else v
+
+
 class GenerateConf(LLMStageConf):
     source: Literal["prompts", "translations", "both"]
     system_prompt: str | None
     translation_model: str | None
     translation_finish_reasons: list[str]
+    models: list[Annotated[ModelChoice, BeforeValidator(_model_choice)]]
+
+    @model_validator(mode="after")
+    def _one_model_form(self) -> "GenerateConf":
+        if self.models and self.model:
+            raise ValueError("generate.model overrides the one model of model_conf; with generate.models give each entry its own `model`")
+        return self
+
+    def per_model(self) -> list["GenerateConf"]:
+        """One block per model, each with a single model (models: []): the entries of `models` over this
+        block, or this block itself. Names must differ: responses, resume and export are keyed by model."""
+        if not self.models:
+            return [self]
+        base = self.model_dump(by_alias=True, exclude={"models"})
+        return [GenerateConf.model_validate({**_over(base, c.model_dump(exclude_none=True)), "models": []}) for c in self.models]
 
 
 class JudgeConf(LLMStageConf):

@@ -292,7 +292,9 @@ def benchmark_index(ctx: Context) -> tuple[decontam.Index, dict[str, int]]:
         missing = [f for f in (b.id_field, b.text_field) if f not in df.columns]
         if missing:
             raise ValueError(f"curate.decontaminate.benchmarks {b.name!r}: {b.path!r} has no field(s) {missing} (id_field, text_field)")
-        rows = df.select(F.col(b.id_field).cast("string").alias("id"), F.col(b.text_field).cast("string").alias("text")).collect()
+        # Distinct items (a file of answers, Rakuda's, repeats each question once per model), in id order:
+        # a prompt containing two items is attributed to the first loaded, the same one on every run.
+        rows = df.select(F.col(b.id_field).cast("string").alias("id"), F.col(b.text_field).cast("string").alias("text")).distinct().orderBy("id", "text").collect()
         for r in rows:
             index.add(b.name, r["id"], r["text"] or "")
         items[b.name] = len(rows)

@@ -7,6 +7,11 @@ and those that failed for good or too often (generation_errors), then runs the e
 the task. A re-run after a crash answers exactly the prompts still missing; a re-run after a complete run
 writes nothing.
 
+Several models (`generate.models`, the seed paper's setting): one engine job per model over the same
+selection, in order, so a Spark Python worker holds one model at a time (udfs.engine keeps one engine per
+worker); resume is per model, and responses, judge, export and report tell models apart by name. The run's
+stats then hold one record per model under `models`.
+
 response_id = hash(prompt_id, model, gen_config_id, sample_index); gen_config_id hashes the model name,
 sampling (n, temperature, top_p, max_tokens, seed), system prompt, chat template and task. A request's
 seed is derived from the configured seed and the prompt id (udfs.generation.request_seed).
@@ -29,6 +34,7 @@ from instructlake.jobs.llm import (
     sample,
     select_prompts,
 )
+from instructlake.jobs.config import GenerateConf
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs.generation import RESPOND, RESPOND_TRANSLATED, LLMTask
 
@@ -55,9 +61,10 @@ def select_translations(ctx: Context, conf) -> DataFrame:
     return sample(df, conf.langs, conf.fraction, conf.limit, conf.sample_seed)
 
 
-def build_task(ctx: Context) -> tuple[ResolvedModel, LLMTask]:
-    """The stage's model and the engine task every Spark task runs."""
-    conf = ctx.conf.generate
+def build_task(ctx: Context, conf: GenerateConf | None = None) -> tuple[ResolvedModel, LLMTask]:
+    """A model's engine task, which every Spark task of its job runs; `conf`: one of
+    `generate.per_model()` (default: the stage's block, one model)."""
+    conf = conf or ctx.conf.generate
     model = resolve_model(conf, ctx.conf)
     return model, llm_task(
         ctx, conf, model, "respond",
@@ -66,14 +73,18 @@ def build_task(ctx: Context) -> tuple[ResolvedModel, LLMTask]:
     )  # fmt: skip
 
 
-def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
-    """The stage; `task` replaces the configured engine task (tests inject per-request faults so)."""
-    conf = ctx.conf.generate
-    model, configured = build_task(ctx)
-    task = task or configured
-    job = LLMJob(ctx, "generate", conf, task, "responses")
-    recovered = job.recover()
+def build_tasks(ctx: Context) -> list[tuple[GenerateConf, ResolvedModel, LLMTask]]:
+    """(block, model, task) per configured model, in order; two models recording one name are an error,
+    since responses, resume and export tell models apart by name."""
+    out = [(conf, *build_task(ctx, conf)) for conf in ctx.conf.generate.per_model()]
+    names = [model.name for _, model, _ in out]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"generate.models: several entries record the model name {dupes}; give each its own `model` or model file `name`")
+    return out
 
+
+def select_inputs(ctx: Context, conf: GenerateConf) -> tuple[DataFrame, list[str]]:
+    """The rows to answer (prompts and/or translations, with their task) and the tasks among them."""
     parts, kinds = [], []
     if conf.source in ("prompts", "both"):
         kinds.append(RESPOND)
@@ -85,8 +96,41 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
     if conf.source in ("translations", "both"):
         kinds.append(RESPOND_TRANSLATED)
         parts.append(select_translations(ctx, conf).withColumn("task", F.lit(RESPOND_TRANSLATED)))
-    selected = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+    return (parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])), kinds
 
+
+def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
+    """The stage: one engine job per model, in order (a worker holds one model at a time); `task` replaces
+    the configured engine task of the single-model form (tests inject per-request faults so)."""
+    conf = ctx.conf.generate
+    models = build_tasks(ctx)
+    if task is not None:
+        if len(models) > 1:
+            raise ValueError("an injected task replaces the one model's task: generate.models must be empty")
+        models = [(models[0][0], models[0][1], task)]
+    first = LLMJob(ctx, "generate", conf, models[0][2], "responses")
+    recovered = first.recover()  # one staging dir for every model
+    selected, kinds = select_inputs(ctx, conf)
+    if len(models) > 1:  # every model answers the same selection: compute it once
+        selected = selected.persist()
+    try:
+        per_model = [_run_model(ctx, mconf, model, t, selected, kinds) for mconf, model, t in models]
+    finally:
+        selected.unpersist()
+    if len(per_model) == 1:
+        stats = {**per_model[0], "recovered": recovered}
+    else:
+        stats = {
+            "models": per_model, "source": conf.source, "recovered": recovered,
+            **{k: sum(s[k] for s in per_model) for k in ("selected", "done_before", "given_up", "todo", "rows_written", "errors")},
+        }  # fmt: skip
+    return first.result(stats)
+
+
+def _run_model(ctx: Context, conf: GenerateConf, model: ResolvedModel, task: LLMTask, selected: DataFrame, kinds: list[str]) -> dict:
+    """One model's engine job over the selection: what this model already answered with this config, or
+    gave up on, is left out (resume is per model); its stats."""
+    job = LLMJob(ctx, "generate", conf, task, "responses")
     gids = {kind: task.config_id(kind) for kind in kinds}
     gid = F.lit(None).cast("string")
     for kind, value in gids.items():
@@ -104,11 +148,10 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
         gen_config_ids=gids,
         sampling={"n": model.sampling.n, "temperature": model.sampling.temperature, "top_p": model.sampling.top_p,
                   "max_tokens": model.sampling.max_tokens, "seed": model.sampling.seed},
-        recovered=recovered,
     )  # fmt: skip
     log.info(
-        "generate: %d selected, %d already answered, %d given up; %d responses, %d errors, %.0f tok/s (%s)",
-        stats["selected"], counts["done"], counts["given_up"], stats["rows_written"], stats["errors"],
+        "generate (%s): %d selected, %d already answered, %d given up; %d responses, %d errors, %.0f tok/s (%s)",
+        model.name, stats["selected"], counts["done"], counts["given_up"], stats["rows_written"], stats["errors"],
         stats["tokens_per_s"], stats.get("engine_version"),
     )  # fmt: skip
-    return job.result(stats)
+    return stats

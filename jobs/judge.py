@@ -75,19 +75,30 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
         .select(F.col("response_id").alias("prompt_id"))
     )
     stats, counts = job.run_pending(selected, done, prior_errors(ctx.store, task, [gid]))
-    written = (
+    # Per answering model (several models in one run): how each one's responses scored in this run.
+    models = ctx.store.read("responses").select("response_id", "model")
+    per_model = (
         ctx.store.read("judgements")
         .filter((F.col("run_id") == ctx.run_id) & (F.col("gen_config_id") == gid))
+        .join(models, "response_id", "left")
+        .groupBy(F.coalesce("model", F.lit("unknown")).alias("model"))
         .agg(F.count("*").alias("rows"), F.count("score").alias("scored"), F.avg("score").alias("mean"))
-        .first()
+        .collect()
     )
+    by_model = {
+        r["model"]: {"judged": r["rows"], "scored": r["scored"], "mean_score": round(r["mean"], 3) if r["mean"] is not None else None}
+        for r in per_model
+    }  # fmt: skip
+    rows, scored = sum(r["rows"] for r in per_model), sum(r["scored"] for r in per_model)
+    total = sum(r["mean"] * r["scored"] for r in per_model if r["mean"] is not None)
     stats.update(
         judge_model=task.model,
         gen_config_id=gid,
         sampling={"temperature": task.sampling.temperature, "max_tokens": task.sampling.max_tokens},
-        scored=written["scored"],
-        unscored=written["rows"] - written["scored"],
-        mean_score=round(written["mean"], 3) if written["mean"] is not None else None,
+        scored=scored,
+        unscored=rows - scored,
+        mean_score=round(total / scored, 3) if scored else None,
+        by_response_model=by_model,
         recovered=recovered,
     )
     log.info(

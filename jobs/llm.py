@@ -74,6 +74,7 @@ class ModelFile(BaseModel):
     model: str  # hub id or path; with `build`, a path relative to run.work_dir
     name: str | None = None  # recorded in rows (responses.model, ids); default: `model` as written
     build: Literal["tiny-chat"] | None = None  # build this local model there on first use (udfs.tiny_model)
+    build_seed: int = 0  # its weights' seed: another seed, another model
     backend: Literal["vllm", "transformers"] = "vllm"
     engine_args: dict[str, Any] = Field(default_factory=dict)
     sampling: SamplingFile
@@ -102,20 +103,20 @@ def find_conf_file(path: str) -> Path:
     raise FileNotFoundError(f"model config {path!r} not found (looked in the working dir and {CONF_DIR.parent})")
 
 
-def _ensure_tiny_model(out: Path) -> None:
+def _ensure_tiny_model(out: Path, seed: int) -> None:
     from instructlake.udfs.tiny_model import is_built
 
-    if is_built(out):
+    if is_built(out, seed):
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing a work dir build it once
-        if is_built(out):
+        if is_built(out, seed):
             return
         # A subprocess, so the driver never imports torch/transformers for it.
         log.info("building the tiny local chat model in %s", out)
         proc = subprocess.run(
-            [sys.executable, "-m", "instructlake.udfs.tiny_model", str(out)], capture_output=True, text=True, timeout=600
+            [sys.executable, "-m", "instructlake.udfs.tiny_model", str(out), "--seed", str(seed)], capture_output=True, text=True, timeout=600
         )
         if proc.returncode:
             raise RuntimeError(f"building the tiny model failed:\n{proc.stderr[-3000:]}")
@@ -137,7 +138,7 @@ def resolve_model(llm: LLMStageConf, conf: Config) -> ResolvedModel:
     path = Path(model).expanduser()
     if mf.build and not llm.model:
         path = path if path.is_absolute() else Path(conf.run.work_dir) / path
-        _ensure_tiny_model(path)
+        _ensure_tiny_model(path, mf.build_seed)
         resolved = str(path.resolve())
     else:
         resolved = str(path.resolve()) if path.exists() else model  # a local dir, else a hub id

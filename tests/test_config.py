@@ -126,3 +126,32 @@ def test_llm_stages_inherit_the_shared_block_and_override_it():
 def test_an_inherited_key_reports_where_it_was_set():
     with pytest.raises(ConfigError, match=r"generate\.tasks: .*\(from --set llm\.tasks\)"):
         load_config([], ["llm.tasks=0"])
+
+
+def test_generate_models_each_inherit_the_stage_block(tmp_path):
+    from types import SimpleNamespace
+
+    from instructlake.jobs import generate
+
+    sets = [
+        "llm.batch_size=8", "generate.sampling.n=3", "generate.engine_args={enforce_eager: true}",
+        "generate.models=[conf/models/tiny-local.yaml, {model_conf: conf/models/tiny-local-b.yaml, tasks: 1, "
+        "sampling: {temperature: 0.2}, engine_args: {max_model_len: 512}, gpu: {per_task: 2}}]",
+    ]  # fmt: skip
+    conf = load_config([REPO / "conf" / "local.yaml"], sets)
+    a, b = conf.generate.per_model()
+    assert (a.model_conf, a.tasks, a.batch_size, a.sampling.n, a.models) == ("conf/models/tiny-local.yaml", 2, 8, 3, [])
+    assert (b.model_conf, b.tasks, b.batch_size) == ("conf/models/tiny-local-b.yaml", 1, 8)
+    assert (b.sampling.n, b.sampling.temperature, b.gpu.per_task, b.gpu.task_cpus) == (3, 0.2, 2, 1)  # merged key by key
+    assert b.engine_args == {"enforce_eager": True, "max_model_len": 512}
+    assert load_config([], []).generate.per_model() == [load_config([], []).generate]  # the one-model form
+
+    with pytest.raises(ConfigError, match="with generate.models give each entry its own `model`"):
+        load_config([], ["generate.model=/m/x", "generate.models=[conf/models/tiny-local.yaml]"])
+    with pytest.raises(ConfigError, match=r"generate.models.0.nope: unknown key"):
+        load_config([], ["generate.models=[{model_conf: a.yaml, nope: 1}]"])
+    # Two entries recording one model name could not be told apart in responses, resume or export.
+    same = load_config([], [f"run.work_dir={tmp_path}", "generate.models=[{model_conf: conf/models/tiny-local.yaml, model: /m/a}, "
+                            "{model_conf: conf/models/tiny-local-b.yaml, model: /m/a}]"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"several entries record the model name \['/m/a'\]"):
+        generate.build_tasks(SimpleNamespace(conf=same, run_id="r"))

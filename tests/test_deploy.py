@@ -139,7 +139,7 @@ def test_the_expected_model_files_exist():
     names = {p.stem for p in MODEL_FILES}
     assert {
         "llama-3.1-8b-instruct", "llama-3.1-70b-instruct", "llama-3.1-405b-instruct-fp8", "gemma-2-27b-it",
-        "tiny-local",
+        "tiny-local", "tiny-local-b",
     } <= names
 
 
@@ -149,12 +149,12 @@ def test_model_file_matches_the_engine_contract(path):
 
     spec = yaml.safe_load(path.read_text())
     assert {"model", "backend", "engine_args", "sampling"} <= set(spec) <= {
-        "model", "backend", "engine_args", "sampling", "chat_template", "name", "build",
+        "model", "backend", "engine_args", "sampling", "chat_template", "name", "build", "build_seed",
     }
     assert spec["backend"] in ("vllm", "transformers")
     assert set(spec["sampling"]) <= SAMPLING_KEYS
     sampling = SamplingConfig(**spec["sampling"])  # validates the values
-    EngineSpec.from_dict({k: v for k, v in spec.items() if k not in ("sampling", "name", "build")})
+    EngineSpec.from_dict({k: v for k, v in spec.items() if k not in ("sampling", "name", "build", "build_seed")})
     max_len = spec["engine_args"].get("max_model_len")
     assert max_len is None or sampling.max_tokens < max_len, "no room left for the prompt"
 
@@ -300,6 +300,7 @@ def _option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
+@pytest.mark.cluster  # deploy/spark-submit.sh builds the wheel and its zip
 def test_spark_submit_command(submitted):
     args = submitted["args"]
     options = args[: args.index("deploy/submit.py")]
@@ -319,6 +320,7 @@ def test_spark_submit_command(submitted):
     ]
 
 
+@pytest.mark.cluster
 def test_spark_submit_ships_an_importable_zip_of_the_wheel(submitted):
     pyfile = Path(_option(submitted["args"], "--py-files"))
     assert pyfile.suffix == ".zip" and pyfile.is_file()  # Spark adds only .zip/.egg/.jar to executors' path

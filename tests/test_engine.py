@@ -154,7 +154,10 @@ class FakeEngine(E.BatchEngine):
     version, max_model_len = "fake-1", 50
 
     def __init__(self, spec: E.EngineSpec | None = None, device: str = "cpu", poison: str = "", fatal: bool = False):
-        self.poison, self.fatal, self.batches = poison, fatal, []
+        self.poison, self.fatal, self.batches, self.closed = poison, fatal, [], False
+
+    def close(self) -> None:
+        self.closed = True
 
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(messages[-1]["content"])
@@ -196,7 +199,7 @@ def test_fatal_engine_error_raises_and_marks_engine_dead() -> None:
     assert engine.dead
 
 
-def test_get_engine_caches_per_spec_and_wraps_fault_injection(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_get_engine_caches_one_engine_per_worker_and_wraps_fault_injection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(E, "_BACKENDS", {"vllm": FakeEngine, "transformers": FakeEngine})
     monkeypatch.setattr(E, "_ENGINES", {})
     monkeypatch.setattr(E, "constructions", 0)
@@ -207,10 +210,13 @@ def test_get_engine_caches_per_spec_and_wraps_fault_injection(monkeypatch: pytes
     assert isinstance(faulty, E.FaultInjector) and faulty.inner is first
     assert [r.error_class for r in faulty.generate(_requests("a", "b"))] == [None, "InjectedFault"]
     assert E.constructions == 1
-    E.get_engine({**spec, "engine_args": {"max_model_len": 128}})
-    assert E.constructions == 2
-    first.dead = True
-    assert E.get_engine(spec) is not first and E.constructions == 3
+    # Another spec (the next model): the worker closes its engine before building the new one.
+    second = E.get_engine({**spec, "engine_args": {"max_model_len": 128}})
+    assert E.constructions == 2 and first.closed and list(E._ENGINES.values()) == [second]
+    third = E.get_engine(spec)
+    assert third is not first and second.closed and not third.closed and E.constructions == 3
+    third.dead = True
+    assert E.get_engine(spec) is not third and E.constructions == 4
 
 
 def test_spec_validation() -> None:

@@ -321,6 +321,42 @@ def test_fault_after_k_chunks_then_resume_answers_every_prompt_exactly_n_times(m
     assert [ctx.store.version(n) for n in ("responses", "generation_errors")] == versions
 
 
+# ---- several models (last too: each worker closes its engine for the next model's) -------------------------
+
+
+def test_several_models_answer_the_same_prompts_and_each_resumes_on_its_own(make_ctx, prompts, backend):
+    from instructlake.jobs import report
+
+    one = "generate.models=[conf/models/tiny-local.yaml]"
+    two = "generate.models=[conf/models/tiny-local.yaml, {model_conf: conf/models/tiny-local-b.yaml, tasks: 1, sampling: {n: 1}}]"
+    ctx = make_ctx(one)
+    ids = seed_prompts(ctx, prompts[:4])
+    first = run_stage(ctx, "generate")
+    assert first.rows_out == 8 and first.stats["model"] == "tiny-chat"  # one entry: the one-model record
+
+    second = run_stage(make_ctx(two), "generate")
+    a, b = second.stats["models"]
+    assert (a["model"], a["done_before"], a["rows_written"]) == ("tiny-chat", 4, 0)  # resume is per model
+    assert (b["model"], b["done_before"], b["rows_written"], b["tasks"]) == ("tiny-chat-b", 0, 4, 1)
+    assert second.rows_in == 8 and second.rows_out == 4
+    df = responses(ctx)
+    assert df.groupby(["model", "prompt_id"]).size().to_dict() == {
+        **{("tiny-chat", p): 2 for p in ids}, **{("tiny-chat-b", p): 1 for p in ids}
+    }
+    assert set(df[df.model == "tiny-chat-b"].n) == {1} and df.response_id.is_unique
+    by_model = df[df.sample_index == 0].pivot(index="prompt_id", columns="model", values="text")
+    assert (by_model["tiny-chat"] != by_model["tiny-chat-b"]).any()  # other weights, other answers
+
+    versions = [ctx.store.version(n) for n in ("responses", "generation_errors")]
+    third = run_stage(make_ctx(two), "generate")
+    assert third.rows_out == 0 and [m["done_before"] for m in third.stats["models"]] == [4, 4]
+    assert [ctx.store.version(n) for n in ("responses", "generation_errors")] == versions
+    cost, _, _ = report.llm_cost(ctx)  # the report reads each model's engine job out of the nested record
+    by = {r["model"]: r for r in cost if r["stage"] == "generate"}
+    assert by["tiny-chat"]["requests"] == 4 and by["tiny-chat-b"]["requests"] == 4
+    assert by["tiny-chat-b"]["completion_tokens"] == int(df[df.model == "tiny-chat-b"].completion_tokens.sum())
+
+
 # ---- pure parts ------------------------------------------------------------------------------------------
 
 

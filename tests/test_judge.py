@@ -90,6 +90,8 @@ def test_judge_every_response_errors_and_resume(make_ctx, shared_data, work_dir,
     assert [parse_judge_score(t) for t in df.rationale] == [None if pd.isna(s) else s for s in df.score]
     assert df.completion_tokens.between(1, 24).all() and (df.prompt_tokens > 150).all()  # the MT-Bench prompt is long
     assert result.stats["scored"] + result.stats["unscored"] == 9 and result.stats["commit"] == {"rs": "direct", "spark": "staged"}[backend]
+    by_model = result.stats["by_response_model"]  # per answering model; the huge one ("m") was never judged
+    assert by_model == {"tiny-chat": {"judged": 9, "scored": result.stats["scored"], "mean_score": result.stats["mean_score"]}}
 
     errors = ctx.store.read("generation_errors").filter(F.col("task") == "judge").toPandas().set_index("prompt_id")
     assert set(errors.index) == {bad, huge["response_id"]}  # judge errors name the response in prompt_id

@@ -1,7 +1,9 @@
 """The demo pipeline on delta-rs and on delta-spark gives the same tables, and SQL reads what delta-spark wrote.
 
 Both runs share the session (it holds delta-spark's jars; `delta.backend` picks the writer), the real
-prompts of ../shared/data (two files, so the module stays quick), the tiny model and its seeds.
+prompts of ../shared/data (two files, so the module stays quick), the tiny models and their seeds. The
+config is the demo's (conf/local.yaml + conf/demo.yaml: decontamination against Arena-Hard and Rakuda, two
+models answering), so `make demo`'s pipeline runs here on both backends.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .conftest import make_conf
 # latency_s is a wall-clock measurement.
 TABLES = ("prompts_raw", "prompts_rejected", "prompts", "responses", "generation_errors", "response_checks", "expectation_results")
 VOLATILE = {"latency_s"}
+DEMO = ("conf/local.yaml", "conf/demo.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def lakes(spark, shared_data, tmp_path_factory):
     sets = (inputs, f"run.work_dir={work}", "generate.limit=12", "generate.sampling.max_tokens=16", "generate.chunk_rows=4")
     out = {}
     for backend in ("rs", "spark"):
-        conf = make_conf(tmp_path_factory.mktemp(f"parity_{backend}"), f"delta.backend={backend}", *sets)
+        conf = make_conf(tmp_path_factory.mktemp(f"parity_{backend}"), f"delta.backend={backend}", *sets, files=DEMO)
         ctx = Context.create(conf, spark=spark)
         assert ctx.store.backend == backend
         out[backend] = {"ctx": ctx, "results": {s: run_stage(ctx, s) for s in conf.pipeline.stages}}
@@ -54,7 +57,26 @@ def test_both_backends_write_the_same_table(lakes, name):
 def test_both_backends_report_the_same_counts(lakes):
     counts = {b: {s: (r.rows_in, r.rows_out, r.rows_rejected) for s, r in lakes[b]["results"].items()} for b in lakes}
     assert counts["rs"] == counts["spark"]
-    assert counts["spark"]["generate"][1] == 24  # 12 prompts x 2 samples
+    assert counts["spark"]["generate"][1] == 48  # 12 prompts x 2 samples x 2 models
+
+
+def test_the_demo_drops_the_benchmark_it_ingested_and_answers_with_two_models(lakes, shared_data):
+    ctx = lakes["spark"]["ctx"]
+    rejected = ctx.store.read("prompts_rejected").toPandas()
+    contaminated = rejected[rejected.reason.str.startswith("contaminated:")]
+    # Arena-Hard is one of the two ingested files and a demo benchmark: every prompt of it that reaches the
+    # step (not an exact duplicate, not filtered before) is dropped, naming its own item id; nothing else is.
+    assert set(contaminated.source) == {"en_arena_hard_v0.1"} and len(contaminated) >= 490
+    named = contaminated.reason.str.removeprefix("contaminated:arena-hard:")
+    assert set(named) <= set(pd.read_json(shared_data / "prompts" / "en_arena_hard_v0.1.jsonl", lines=True).id)
+    # Mostly its own item; a prompt that also holds another item (Arena-Hard repeats some questions under
+    # other ids) names the item loaded first (the smallest id).
+    assert (named == contaminated.source_id).mean() > 0.95 and (named <= contaminated.source_id).all()
+    stats = lakes["spark"]["results"]["curate"].stats["decontaminate"]
+    assert stats["prompts"] == {"arena-hard": len(contaminated), "rakuda": 0}
+    assert stats["items"] == {"arena-hard": 500, "rakuda": 40}  # Rakuda's file holds 8 answers per question
+    models = ctx.store.read("responses").groupBy("model").count().toPandas().set_index("model")["count"].to_dict()
+    assert models == {"tiny-chat": 24, "tiny-chat-b": 24}
 
 
 def test_duckdb_reads_the_tables_delta_spark_wrote(lakes):
@@ -71,7 +93,7 @@ def test_duckdb_reads_the_tables_delta_spark_wrote(lakes):
 def test_spark_sql_over_path_tables(lakes, spark):
     ctx = lakes["spark"]["ctx"]
     n = spark.sql(f"SELECT count(*) AS n FROM delta.`{ctx.store.location('responses')}` WHERE sample_index = 1").first().n
-    assert n == 12
+    assert n == 24
 
 
 def test_metastore_tables_with_a_catalog(spark, tmp_path, shared_data):

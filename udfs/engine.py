@@ -2,7 +2,9 @@
 
 `get_engine(spec)` builds an engine lazily on first use and caches it in this (installed) module, so a
 Spark Python worker reuses it across partitions and jobs; a cache defined in a driver script would be
-pickled by value and rebuilt in every task. Importing this module imports neither vllm nor torch.
+pickled by value and rebuilt in every task. A worker holds one engine: building one for another spec
+(the next model of a multi-model run) closes the previous one first, so two models never share a GPU's
+memory. Importing this module imports neither vllm nor torch.
 
 A batch never fails because of one row: a prompt that does not fit the context becomes a
 `prompt_too_long` result, and a batch the backend raises on is bisected until the failing requests are
@@ -11,10 +13,12 @@ isolated, each of which becomes an error result. Only a dead engine is fatal.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -144,6 +148,9 @@ class BatchEngine(ABC):
 
     def _mark_dead(self) -> None:
         self.dead = True
+
+    def close(self) -> None:
+        """Free what the engine holds (its model's memory); it is unusable afterwards."""
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         results: dict[int, Result] = {}
@@ -279,6 +286,15 @@ class VllmEngine(BatchEngine):
             )
         return results
 
+    def close(self) -> None:
+        # An in-process engine core (CPU) frees with the LLM object; a multiprocess one (GPU) must be shut
+        # down, or its process keeps the GPU memory.
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del self.llm
+        _free_memory()
+
     def _abort_unfinished(self) -> None:
         # A failure mid-run leaves requests queued in the engine; the next call would otherwise
         # return their outputs mixed with its own.
@@ -315,6 +331,10 @@ class TransformersEngine(BatchEngine):
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(_prompt_ids(self.tokenizer, messages, self.chat_template))
 
+    def close(self) -> None:
+        del self.model
+        _free_memory()
+
     def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
         return [self._one(r) for r in requests]
 
@@ -347,6 +367,13 @@ class TransformersEngine(BatchEngine):
             reasons.append("length" if stop is None else "stop")
             counts.append(len(tokens))
         return Result(req.key, texts, reasons, len(ids), counts, latency)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _set_torch_threads(n: int) -> None:
@@ -458,13 +485,25 @@ build_counts: dict[str, int] = {}  # engines built by this process per spec cach
 visible_devices: dict[str, str | None] = {}  # CUDA_VISIBLE_DEVICES each engine was built with, per spec cache key
 
 
+def _release(key: str) -> None:
+    engine = _ENGINES.pop(key)
+    log.info("closing the engine of spec %s before building the next one", key)
+    try:
+        engine.close()
+    except Exception as exc:  # a half-dead engine still leaves; the next one is built regardless
+        log.warning("closing engine %s failed: %s: %s", key, type(exc).__name__, exc)
+
+
 def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
-    """The worker's engine for `spec`, built on first use and reused afterwards."""
+    """The worker's engine for `spec`, built on first use and reused afterwards; one for another spec
+    is closed first (one engine per worker)."""
     global constructions
     spec = spec if isinstance(spec, EngineSpec) else EngineSpec.from_dict(spec)
     key = spec.cache_key()
     engine = _ENGINES.get(key)
     if engine is None or engine.dead:
+        for held in list(_ENGINES):  # another model's, or this spec's dead one
+            _release(held)
         device = _resolve_device(spec)
         # Bound whatever the device: a CPU engine ignores the variable, and the job records it per task, so
         # GPU scheduling shows the same on a CPU test cluster as on a GPU one. Only CUDA memory needs the lock.
