@@ -20,9 +20,34 @@ IVY_DIR = REPO / ".scratch" / "ivy"  # the default work dir's Ivy cache: shared 
 BACKENDS = ("rs", "spark")
 
 
+# Test tiers (`pytest -m unit` etc.; `make test-unit`). A test without a tier marker gets one from its
+# fixtures: ENGINE_FIXTURES (the tiny model, the engine) -> engine, `spark` -> spark, neither -> unit; a test that runs
+# Spark, the engine or a cluster in a subprocess says so with its own marker.
+TIERS = {
+    "unit": "no Spark, no engine, no subprocess jobs (the whole tier runs in under a minute)",
+    "spark": "a real SparkSession (local[2]) and Delta tables, no LLM engine",
+    "engine": "the real vLLM engine on the CPU (with the tiny local model), mostly through Spark",
+    "cluster": "a standalone Spark cluster, spark-submit, or several concurrent driver processes",
+}
+
+
+ENGINE_FIXTURES = {"work_dir", "probe", "tiny_model", "vllm_engine_args"}  # the tiny model, an engine in a subprocess
+
+
 def pytest_configure(config):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    for name, text in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: tier: {text}")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(item.get_closest_marker(name) for name in TIERS):
+            continue
+        fixtures = set(item.fixturenames)
+        tier = "engine" if fixtures & ENGINE_FIXTURES else "spark" if "spark" in fixtures else "unit"
+        item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ def cli(*args, env=None):
     )
 
 
+@pytest.mark.spark  # the ingest runs Spark in the subprocess
 def test_ingest_then_sql_count_matches(tmp_path, shared_data):
     sets = [
         "--set", f"run.lake_root={tmp_path / 'lake'}", "--set", f"run.work_dir={tmp_path / 'work'}",

@@ -37,7 +37,7 @@ RUN_COLUMNS = {"run_id", "created_at", "latency_s"}
 # Tables about the run itself rather than its data: runs (timings, run ids), expectation_results (keyed by run).
 RUN_TABLES = {"runs", "expectation_results", "leases"}
 
-pytestmark = pytest.mark.skipif(not (VENV_BIN / "spark-submit").is_file(), reason="needs the project venv's pyspark")
+pytestmark = [pytest.mark.cluster, pytest.mark.skipif(not (VENV_BIN / "spark-submit").is_file(), reason="needs the project venv's pyspark")]
 
 
 @pytest.fixture(scope="module")

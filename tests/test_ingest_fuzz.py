@@ -200,6 +200,7 @@ def cli_sets(tmp_path, inputs_set):
     return ["--conf", "conf/local.yaml", "--set", f"run.lake_root={tmp_path / 'lake'}", "--set", f"run.work_dir={tmp_path / 'work'}", "--set", inputs_set]
 
 
+@pytest.mark.spark  # the CLI runs ingest on Spark in a subprocess
 def test_fuzz_through_the_cli(tmp_path, shared_data):
     corpus = Corpus(tmp_path, shared_data).build()
     run = cli("ingest", *cli_sets(tmp_path, corpus.sets()[0]))
@@ -209,6 +210,7 @@ def test_fuzz_through_the_cli(tmp_path, shared_data):
     assert stage["rows_in"] == stage["rows_out"] + stage["rows_rejected"]
 
 
+@pytest.mark.spark
 def test_shared_prompts_plus_one_truncated_line(tmp_path, shared_data):
     shared = sorted((shared_data / "prompts").glob("*.jsonl"))
     lines = sum(1 for f in shared for line in f.read_bytes().splitlines() if line.strip())
