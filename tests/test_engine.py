@@ -185,7 +185,7 @@ def test_bisection_isolates_failures_in_order() -> None:
 
 def test_length_check_reserves_output_tokens_and_bad_messages_fail_alone() -> None:
     engine = FakeEngine()
-    reqs = _requests("x" * 40, "x" * 41, "ok", max_tokens=10) + [E.Request("bad", [{"role": "user"}])]
+    reqs = _requests("x" * 40, "x" * 41, "ok", max_tokens=10) + [E.Request("bad", [{"role": "user"}], E.SamplingConfig(max_tokens=10))]
     results = engine.generate(reqs)
     assert [r.error_class for r in results] == [None, E.PROMPT_TOO_LONG, None, "KeyError"]
     assert results[1].prompt_tokens == 41
@@ -225,7 +225,7 @@ def test_spec_validation() -> None:
     with pytest.raises(ValueError, match="invalid engine spec"):
         E.EngineSpec.from_dict({"backend": "tgi", "model": "m"})
     with pytest.raises(ValueError, match="n must be 1"):
-        E.SamplingConfig(n=2, temperature=0.0)
+        E.SamplingConfig(n=2, temperature=0.0, max_tokens=8)
     a = E.EngineSpec.from_dict({"backend": "vllm", "model": "m", "inject_faults": ["x"]})
     assert a.cache_key() == E.EngineSpec("vllm", "m").cache_key() != E.EngineSpec("vllm", "m2").cache_key()
 

@@ -366,7 +366,7 @@ def test_ids_and_seeds_are_deterministic():
     assert G.response_id("p", "m", "g", 0) != G.response_id("p", "m", "g", 1)
     base = {"model": "m", "n": 2}
     assert G.gen_config_id(base) == G.gen_config_id(dict(reversed(base.items())))
-    task = G.LLMTask("respond", "m", {}, G.E.SamplingConfig(n=2, temperature=0.6), base, "r")
+    task = G.LLMTask("respond", "m", {}, G.E.SamplingConfig(n=2, temperature=0.6, max_tokens=8), base, "r", 8, 8, 30.0)
     assert task.config_id("respond") != task.config_id("respond_translated")
 
 

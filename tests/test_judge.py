@@ -180,7 +180,7 @@ def test_judge_selection_config_and_staged_commits(make_ctx, tmp_path):
 def test_judge_rows_parse_scores_and_keep_unparseable_judgements():
     # No template given: a judge task uses JUDGE_TEMPLATE (never the translate template).
     task = G.LLMTask("judge", "judge-m", {"backend": "vllm"}, G.E.SamplingConfig(max_tokens=64), {"model": "judge-m"},
-                     "run1", system_prompt=JUDGE_SYSTEM)  # fmt: skip
+                     "run1", 8, 8, 30.0, system_prompt=JUDGE_SYSTEM)  # fmt: skip
     frame = pd.DataFrame(
         dict(prompt_id=["r1", "r2", "r3", "r4"], origin_prompt_id=["p1", "p1", "p2", "p2"], task="judge", lang="en",
              text=["What is 2+2?"] * 4, answer=["4", "5", "four", "x"], attempt=1)

@@ -44,14 +44,15 @@ SCRATCH_ENV = ("TMPDIR", "VLLM_RPC_BASE_PATH", "VLLM_CACHE_ROOT", "TORCHINDUCTOR
 TRANSFORMERS_ARGS = frozenset({"dtype", "max_model_len"})  # the rest of a model's vLLM args do not apply
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    """Sampling parameters of one request; `seed` makes its output independent of batching."""
+    """Sampling parameters of one request; `seed` makes its output independent of batching. max_tokens
+    has no default: the model file (conf/models/*.yaml) or the stage's config says it."""
 
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    max_tokens: int | None = 256  # None: up to the context length
+    max_tokens: int | None  # None: up to the context length
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,7 +68,7 @@ class SamplingConfig:
 class Request:
     key: str
     messages: list[dict[str, str]]
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ class InjectedJobFault(RuntimeError):
 
 @dataclass(frozen=True)
 class LLMTask:
-    """Everything an engine task needs; built on the driver, pickled into the Spark tasks."""
+    """Everything an engine task needs; built on the driver (jobs.llm.llm_task, from the stage's config:
+    no defaults here for what the YAML sets), pickled into the Spark tasks."""
 
     kind: Literal["respond", "translate", "judge", "reverse"]
     model: str  # the model's name as recorded in rows
@@ -86,13 +87,13 @@ class LLMTask:
     sampling: E.SamplingConfig  # request seeds are derived from sampling.seed and the prompt id
     gen_config: Mapping[str, Any]  # what identifies the output; with the row's task, gen_config_id hashes it
     run_id: str
+    batch_size: int  # requests per engine call (the unit that a failure bisects)
+    chunk_rows: int  # prompts per commit (a crash loses at most one chunk)
+    progress_interval_s: float
     system_prompt: str | None = None  # respond, judge: a system message before the prompt
     chat_template: str | None = None
     target_lang: str | None = None  # translate: language code of the translation
     template: str | None = None  # translate, judge, reverse: the step's prompt template; None: the udfs.prompts default
-    batch_size: int = 64  # requests per engine call (the unit that a failure bisects)
-    chunk_rows: int = 256  # prompts per commit (a crash loses at most one)
-    progress_interval_s: float = 30.0
     fault_after_chunks: int | None = None  # TEST ONLY: fail each task after this many committed chunks
     inject_faults: Sequence[str] = field(default_factory=tuple)  # TEST ONLY: prompt ids whose requests raise
 
