@@ -54,6 +54,7 @@ def steps(ctx):
     return ctx.store.read("reverse_steps").toPandas()
 
 
+@pytest.mark.backends("rs")
 def test_corpus_fragments_are_never_prompts(make_ctx, lake):
     fragments, prompts = lake
     ctx = make_ctx()
@@ -106,6 +107,7 @@ def test_four_steps_then_pairs_in_responses(make_ctx, lake):
     assert ctx.store.read("responses").count() == 0
 
 
+@pytest.mark.backends("rs")
 def test_one_pair_per_distinct_instruction(make_ctx, lake):
     """A generic instruction written for several fragments becomes one prompt: the best-scored pair."""
     from types import SimpleNamespace
