@@ -309,7 +309,7 @@ class LLMStageConf(_Section):
 
     model_conf: str
     model: str | None
-    backend: Literal["vllm", "transformers"] | None
+    backend: Literal["vllm", "transformers", "scripted"] | None
     engine_args: dict[str, Any]
     chat_template: str | None
     sampling: SamplingOverrides
@@ -342,7 +342,7 @@ class ModelChoice(_Section):
 
     model_conf: str
     model: str | None = None
-    backend: Literal["vllm", "transformers"] | None = None
+    backend: Literal["vllm", "transformers", "scripted"] | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)  # merged over the stage's
     chat_template: str | None = None
     sampling: dict[str, Any] = Field(default_factory=dict)  # SamplingOverrides keys, over the stage's

@@ -75,7 +75,7 @@ class ModelFile(BaseModel):
     name: str | None = None  # recorded in rows (responses.model, ids); default: `model` as written
     build: Literal["tiny-chat"] | None = None  # build this local model there on first use (udfs.tiny_model)
     build_seed: int = 0  # its weights' seed: another seed, another model
-    backend: Literal["vllm", "transformers"] = "vllm"
+    backend: Literal["vllm", "transformers", "scripted"] = "vllm"
     engine_args: dict[str, Any] = Field(default_factory=dict)
     sampling: SamplingFile
     chat_template: str | None = None  # a template string or a path to a .jinja file

@@ -139,7 +139,7 @@ def test_the_expected_model_files_exist():
     names = {p.stem for p in MODEL_FILES}
     assert {
         "llama-3.1-8b-instruct", "llama-3.1-70b-instruct", "llama-3.1-405b-instruct-fp8", "gemma-2-27b-it",
-        "tiny-local", "tiny-local-b",
+        "tiny-local", "tiny-local-b", "scripted",
     } <= names
 
 
@@ -151,7 +151,7 @@ def test_model_file_matches_the_engine_contract(path):
     assert {"model", "backend", "engine_args", "sampling"} <= set(spec) <= {
         "model", "backend", "engine_args", "sampling", "chat_template", "name", "build", "build_seed",
     }
-    assert spec["backend"] in ("vllm", "transformers")
+    assert spec["backend"] in ("vllm", "transformers", "scripted")
     assert set(spec["sampling"]) <= SAMPLING_KEYS
     sampling = SamplingConfig(**spec["sampling"])  # validates the values
     EngineSpec.from_dict({k: v for k, v in spec.items() if k not in ("sampling", "name", "build", "build_seed")})
@@ -168,7 +168,11 @@ def test_model_file_loads_with_the_llm_stages_loader(path):
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)
 def test_model_engine_args_are_vllm_engine_args(path, vllm_engine_args):
-    args = yaml.safe_load(path.read_text())["engine_args"]
+    spec = yaml.safe_load(path.read_text())
+    if spec["backend"] == "scripted":  # its engine_args are its rules, not vLLM's
+        assert spec["engine_args"]["rules"]
+        return
+    args = spec["engine_args"]
     unknown = set(args) - set(vllm_engine_args["fields"])
     assert not unknown, f"not vllm EngineArgs fields: {sorted(unknown)}"
     if args.get("quantization") is not None:

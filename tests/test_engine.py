@@ -16,8 +16,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from instructlake.udfs import engine as E
+from instructlake.udfs.prompts import parse_judge_score
 
 PROBE = Path(__file__).with_name("engine_probe.py")
 
@@ -265,3 +267,22 @@ def test_gpu_lock_makes_a_second_engine_wait_for_the_first_process(tmp_path: Pat
     E.lock_gpus(["1"], tmp_path, wait_s=0)  # another GPU: free; taken again by the same process: a no-op
     E.lock_gpus(["1"], tmp_path, wait_s=0)
     E._GPU_LOCKS.pop("1").close()
+
+
+def test_scripted_engine_replies_by_rule_deterministically() -> None:
+    from instructlake.jobs.llm import find_conf_file
+    from instructlake.udfs.prompts import judge_messages, translate_messages
+
+    spec = yaml.safe_load(find_conf_file("conf/models/scripted.yaml").read_text())
+    engine = E.ScriptedEngine(E.EngineSpec.from_dict({k: spec[k] for k in ("backend", "model", "engine_args")}), "cpu")
+    sampled = E.SamplingConfig(n=4, temperature=0.6, max_tokens=64, seed=7)
+    judge = E.Request("j", judge_messages("What is 2+2?", "4"), sampled)
+    translate = E.Request("t", translate_messages("Name three rivers.", "Japanese", "English"), E.SamplingConfig(max_tokens=64))
+    answer = E.Request("a", [{"role": "user", "content": "Tell me about the sea and the sky."}], E.SamplingConfig(max_tokens=3))
+    j, t, a = engine.generate([judge, translate, answer])
+    scores = [parse_judge_score(x) for x in j.texts]
+    assert all(2 <= s <= 9 for s in scores) and len(set(scores)) > 1  # samples score differently
+    assert engine.generate([judge])[0].texts == j.texts  # and the same on every run
+    assert t.texts == ["(Japanese) Name three rivers."] and t.finish_reasons == ["stop"]
+    assert a.texts == ["Scripted answer 0:"] and a.finish_reasons == ["length"] and a.completion_tokens == [3]
+    assert j.prompt_tokens == engine.count_prompt_tokens(judge.messages) > 100

@@ -102,7 +102,7 @@ class Engine(Protocol):
 class EngineSpec:
     """What to build. `get_engine` accepts this or the same keys as a plain dict."""
 
-    backend: Literal["vllm", "transformers"]
+    backend: Literal["vllm", "transformers", "scripted"]
     model: str  # local path, or a hub id where the cluster can reach one
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine_args: Mapping[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments
@@ -118,7 +118,7 @@ class EngineSpec:
         if unknown:
             raise ValueError(f"unknown engine spec keys: {sorted(unknown)}")
         out = cls(**spec)
-        if out.backend not in ("vllm", "transformers") or out.device not in ("auto", "cpu", "cuda"):
+        if out.backend not in _BACKENDS or out.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"invalid engine spec: backend={out.backend!r} device={out.device!r}")
         return out
 
@@ -370,6 +370,57 @@ class TransformersEngine(BatchEngine):
         return Result(req.key, texts, reasons, len(ids), counts, latency)
 
 
+class ScriptedEngine(BatchEngine):
+    """A deterministic engine without a model, for flow tests and demo variants: what a random tiny model
+    never writes (a translation that finishes, a judge text with a parseable `[[n]]`, an instruction).
+
+    `engine_args.rules` (conf/models/scripted.yaml): the first rule whose `match` regex is found in the
+    last user message writes the reply, `reply` formatted with the match's named groups, `{head}` (the
+    message's first 60 characters), `{sample}` (the sample index) and `{score}`: an integer in the rule's
+    `scores: [lo, hi]`, from a hash of the message, the request's seed and the sample index, so samples of
+    one prompt score differently and a re-run scores the same. Tokens are whitespace-separated words.
+    """
+
+    def __init__(self, spec: EngineSpec, device: str):
+        import re
+
+        args = dict(spec.engine_args)
+        self.rules = [(re.compile(r["match"]), r) for r in args.get("rules") or ()]
+        if not self.rules:
+            raise ValueError("the scripted backend needs engine_args.rules: [{match, reply}, ...]")
+        self.max_model_len = int(args.get("max_model_len") or 4096)
+        self.version = "scripted-1"
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return sum(len((m.get("content") or "").split()) for m in messages) + 2 * len(messages)
+
+    def _reply(self, text: str, seed: int, sample: int) -> str:
+        for pattern, rule in self.rules:
+            if m := pattern.search(text):
+                lo, hi = rule.get("scores", (0, 10))
+                digest = hashlib.sha256(f"{seed}:{sample}:{text}".encode()).digest()
+                score = lo + int.from_bytes(digest[:4], "big") % (hi - lo + 1)
+                head = " ".join(text.split())[:60]
+                return rule["reply"].format(**m.groupdict(), head=head, sample=sample, score=score)
+        raise ValueError("no scripted rule matches the request (add a catch-all rule with match: '')")
+
+    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        out = []
+        for req in requests:
+            text = req.messages[-1]["content"]
+            replies = [self._reply(text, req.sampling.seed, i) for i in range(req.sampling.n)]
+            limit = req.sampling.max_tokens
+            cut = [" ".join(r.split()[:limit]) if limit and len(r.split()) > limit else r for r in replies]
+            out.append(
+                Result(
+                    key=req.key, texts=cut, finish_reasons=["length" if c != r else "stop" for c, r in zip(cut, replies)],
+                    prompt_tokens=self.count_prompt_tokens(req.messages), completion_tokens=[len(c.split()) for c in cut],
+                    latency_s=0.0,
+                )
+            )  # fmt: skip
+        return out
+
+
 def _free_memory() -> None:
     gc.collect()
     torch = sys.modules.get("torch")
@@ -478,6 +529,7 @@ def lock_gpus(addresses: Sequence[str], lock_dir: str | Path, wait_s: float | No
 _BACKENDS: dict[str, Callable[[EngineSpec, str], BatchEngine]] = {
     "vllm": VllmEngine,
     "transformers": TransformersEngine,
+    "scripted": ScriptedEngine,
 }
 _ENGINES: dict[str, BatchEngine] = {}
 _GPUS: dict[str, list[str] | None] = {}  # the GPUs a CUDA engine was built on (None: a CPU engine)
