@@ -4,7 +4,9 @@ The tiny model has random weights, so its judgements almost never hold a "[[scor
 check that every response gets a row (score null, output kept as the rationale), that failures become
 generation_errors rows, that a re-run judges nothing new, and that the judge prompt reaches the engine
 exactly as a plain `vllm.LLM.chat` call sees it. Score parsing is tested on the row builder with fixed
-judge outputs, and best-of-n selection by writing `judgements` rows straight into the Delta table.
+judge outputs, best-of-n selection by writing `judgements` rows straight into the Delta table, and the
+whole chain (translate, generate, judge with parseable scores, gated best-of-n export) with the scripted
+engine (conf/models/scripted.yaml).
 """
 
 from __future__ import annotations

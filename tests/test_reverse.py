@@ -4,7 +4,8 @@ The fragments are real native sentences (lingua dev set: Japanese, German, Engli
 outputs are random tokens, so the tests accept every finish reason and score (`finish_reasons=[]`,
 `min_score=null`) and check the chain: which step ran on what, that every output lands in reverse_steps
 and the pairs in `responses`, that a re-run adds nothing, and that a min_score the pairs do not reach
-deletes them. Score parsing itself is tested with the judge (tests/test_judge.py).
+deletes them. With the scripted engine (conf/models/scripted.yaml: parseable scores, translations that
+finish) the last test checks that min_score keeps exactly the pairs scored at or above it.
 """
 
 from __future__ import annotations
@@ -130,3 +131,26 @@ def test_one_pair_per_distinct_instruction(make_ctx, lake):
     assert set(got.index) == {f2, f3} and got.loc[f2, "text"] == fragments[f2]["text"]  # f2 scored higher
     assert got.loc[f2, "prompt_text"] == "Summarize the text." and got.loc[f2, "prompt_id"] == prompt_id("Summarize the text.")
     assert got.response_id.is_unique
+
+
+@pytest.mark.backends("rs")
+def test_scripted_engine_scores_pairs_and_min_score_keeps_the_good_ones(make_ctx, lake):
+    """With parseable scores (the scripted engine), reverse.min_score keeps exactly the pairs scored at or
+    above it, and the pairs' prompts are the instructions translated back into the fragment's language."""
+    fragments, _ = lake
+    sets = ("reverse.model_conf=conf/models/scripted.yaml", "reverse.finish_reasons=[stop]", "reverse.sampling.max_tokens=256")
+    ctx = make_ctx(*sets, "reverse.min_score=6")
+    result = run_stage(ctx, "reverse")
+    df = steps(ctx)
+    scores = df[df.step == G.SCORE].set_index("fragment_id").score
+    assert set(scores.index) == set(fragments) and scores.between(2, 9).all() and (df.finish_reason == "stop").all()
+    good = set(scores[scores >= 6].index)
+    assert 0 < len(good) < len(fragments)  # the gate keeps some and drops some
+    pairs = ctx.store.read("responses").toPandas().set_index("origin_prompt_id")
+    assert set(pairs.index) == good and result.stats["kept_pairs"] == len(good)
+    for f in good:
+        lang = fragments[f]["lang"]
+        assert pairs.loc[f, "text"] == fragments[f]["text"]
+        if lang != "en":  # back in the fragment's language (the scripted translation names its target)
+            name = {"ja": "Japanese", "de": "German"}[lang]
+            assert pairs.loc[f, "prompt_text"].startswith(f"({name}) Write a text like this one:")

@@ -376,7 +376,7 @@ class ScriptedEngine(BatchEngine):
 
     `engine_args.rules` (conf/models/scripted.yaml): the first rule whose `match` regex is found in the
     last user message writes the reply, `reply` formatted with the match's named groups, `{head}` (the
-    message's first 60 characters), `{sample}` (the sample index) and `{score}`: an integer in the rule's
+    first 60 characters of the first group, else of the message), `{sample}` (the sample index) and `{score}`: an integer in the rule's
     `scores: [lo, hi]`, from a hash of the message, the request's seed and the sample index, so samples of
     one prompt score differently and a re-run scores the same. Tokens are whitespace-separated words.
     """
@@ -400,8 +400,9 @@ class ScriptedEngine(BatchEngine):
                 lo, hi = rule.get("scores", (0, 10))
                 digest = hashlib.sha256(f"{seed}:{sample}:{text}".encode()).digest()
                 score = lo + int.from_bytes(digest[:4], "big") % (hi - lo + 1)
-                head = " ".join(text.split())[:60]
-                return rule["reply"].format(**m.groupdict(), head=head, sample=sample, score=score)
+                groups = m.groupdict()
+                head = " ".join((next(iter(groups.values()), None) or text).split())[:60]
+                return rule["reply"].format(**groups, head=head, sample=sample, score=score)
         raise ValueError("no scripted rule matches the request (add a catch-all rule with match: '')")
 
     def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
