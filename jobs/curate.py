@@ -322,32 +322,38 @@ def _contamination(ctx: Context, groups: DataFrame) -> tuple[DataFrame, dict]:
     return hits.where(F.col("contaminated").isNotNull()), {"enabled": True, "action": d.action, "items": items}
 
 
-def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[DataFrame, int, dict, dict]:
+def _decontaminate(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[DataFrame | None, dict]:
+    """-> ((prompt_id, contaminated, cross_lingual) of the distinct prompts that contain a benchmark item,
+    kept: a small table; None when the step is off), stats."""
+    d = ctx.conf.curate.decontaminate
+    if d.action == "off" or not d.benchmarks:
+        return None, {"enabled": False}
+    with steps.step("decontaminate", n_in):
+        hits, stats = _contamination(ctx, groups)
+        hits, _ = steps.keep(hits, cut=True)
+        found = hits.groupBy(F.regexp_extract("contaminated", r"^contaminated:([^:]+):", 1).alias("benchmark"), "cross_lingual").count().collect()
+    stats["prompts"] = {b: sum(r["count"] for r in found if r["benchmark"] == b) for b in stats["items"]}
+    stats["cross_lingual"] = sum(r["count"] for r in found if r["cross_lingual"])
+    return hits, stats
+
+
+def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int, hits: DataFrame | None) -> tuple[DataFrame, int, dict]:
     """-> (one narrow row per distinct prompt: prompt_id, text, dup_count, node, the LANG_DDL columns and
-    `contaminated`; how many are rejected; langid stats; decontamination stats). The wide rows of `groups`
-    are not copied: the assemble step joins them back once, with every step's outcome."""
+    `contaminated` from the decontaminate step's `hits`; how many are rejected; langid stats). The wide
+    rows of `groups` are not copied: the assemble step joins them back once, with every step's outcome."""
     opts = lang_options(ctx.conf.curate)
 
     @F.pandas_udf(U.LANG_DDL)  # type: ignore[call-overload]
     def languages(text: pd.Series) -> pd.DataFrame:
         return U.languages(text, opts)
 
-    d = ctx.conf.curate.decontaminate
-    hits, contamination = None, {"enabled": False}
-    if d.action != "off" and d.benchmarks:
-        with steps.step("decontaminate", n_in):
-            hits, contamination = _contamination(ctx, groups)
-            hits, _ = steps.keep(hits, cut=True)  # only the contaminated prompts: a small table
-            found = hits.groupBy(F.regexp_extract("contaminated", r"^contaminated:([^:]+):", 1).alias("benchmark"), "cross_lingual").count().collect()
-        contamination["prompts"] = {b: sum(r["count"] for r in found if r["benchmark"] == b) for b in contamination["items"]}
-        contamination["cross_lingual"] = sum(r["count"] for r in found if r["cross_lingual"])
     with steps.step("langid", n_in):
         langs = groups.select("prompt_id", "text", "dup_count", languages("text").alias("l")).select("prompt_id", "text", "dup_count", "l.*")
         if hits is None:
             langs = langs.withColumn("contaminated", F.lit(None).cast("string")).withColumn("cross_lingual", F.lit(False))
         else:
             langs = langs.join(F.broadcast(hits), "prompt_id", "left")
-            if d.action == "drop":  # contamination names the outcome before a language reason: it is what a reader must know
+            if ctx.conf.curate.decontaminate.action == "drop":  # contamination names the outcome before a language reason: it is what a reader must know
                 langs = langs.withColumn("lang_reason", F.coalesce("contaminated", "lang_reason"))
         # node: a long id for the near-dedup shuffles (a prompt_id is 32 characters); fixed by the persist.
         langs, _ = steps.keep(langs.withColumn("node", F.monotonically_increasing_id()))
@@ -356,7 +362,7 @@ def _langid(ctx: Context, steps: _Steps, groups: DataFrame, n_in: int) -> tuple[
     for r in counts:
         detected[r["lang"]] = detected.get(r["lang"], 0) + r["count"]
     n_rejected = sum(r["count"] for r in counts if r["rejected"])
-    return langs, n_rejected, {"detected": dict(sorted(detected.items()))}, contamination
+    return langs, n_rejected, {"detected": dict(sorted(detected.items()))}
 
 
 def _near_dedup(ctx: Context, steps: _Steps, langs: DataFrame, n_in: int) -> tuple[DataFrame, dict]:
@@ -510,7 +516,8 @@ def run(ctx: Context) -> StageResult:
         rows, parent, filtered, n_filtered, stats["filters"] = _filters(ctx, steps, raw, n_raw)
         groups, dups, stats["exact_dedup"] = _exact_dedup(ctx, steps, rows, parent, n_raw - n_filtered)
         n_groups = stats["exact_dedup"]["distinct_prompts"]
-        langs, n_lang, stats["langs"], stats["decontaminate"] = _langid(ctx, steps, groups, n_groups)
+        hits, stats["decontaminate"] = _decontaminate(ctx, steps, groups, n_groups)
+        langs, n_lang, stats["langs"] = _langid(ctx, steps, groups, n_groups, hits)
         clusters, stats["near_dedup"] = _near_dedup(ctx, steps, langs, n_groups - n_lang)
         prompts, n_kept, outcome_rejected = _assemble(ctx, steps, groups, langs, clusters, n_groups)
 
