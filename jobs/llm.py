@@ -610,8 +610,8 @@ class LLMJob:
     def _rows_probe(self, sink: G.Sink) -> Callable[[], int]:
         if isinstance(sink, DeltaSink):
             table = sink.tables[self.main]
-            baseline = _table_rows(table)
-            return lambda: _table_rows(table) - baseline
+            baseline = table.num_rows()
+            return lambda: table.num_rows() - baseline
 
         def staged_rows() -> int:
             import pyarrow.parquet as pq
@@ -676,11 +676,6 @@ class LLMJob:
                     self.ctx.store, sink.root, self.tables, run_id=self.ctx.run_id, stage=self.stage
                 )
         return {**stats, **_summarize(rows, time.perf_counter() - started)}
-
-
-def _table_rows(table: RsTable) -> int:
-    actions = pa.table(table._table().get_add_actions(flatten=True))
-    return int(sum(n or 0 for n in actions.column("num_records").to_pylist()))
 
 
 def _summarize(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:

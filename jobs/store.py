@@ -64,6 +64,11 @@ class RsTable:
     def committed(self, app_id: str) -> bool:
         return self._table().transaction_version(app_id) is not None
 
+    def num_rows(self) -> int:
+        """Rows in the current version, from the log's per-file counts (no data read)."""
+        actions = pa.table(self._table().get_add_actions(flatten=True))
+        return int(sum(n or 0 for n in actions.column("num_records").to_pylist()))
+
     def conform(self, data: pa.Table) -> pa.Table:
         return data.select(self.schema.names).cast(self.schema)
 

@@ -3,8 +3,9 @@
 The session has delta-spark's jars (resolved from Maven Central once into IVY_DIR), so one JVM serves
 both Delta backends: `backend` is a session-scoped parameter, and every test that builds a Context
 through `ctx_factory` (or passes `delta.backend={backend}` itself) runs once on delta-rs and once on
-delta-spark, unless it is marked `backends("rs")`: an engine flow test (the real engine runs minutes on
-the CPU) whose backend only changes how chunks are committed, which the crash/resume, staging, judge,
+delta-spark, unless it parametrizes `backend` itself (`@pytest.mark.parametrize("backend", ["rs"],
+indirect=True)`): a test for one backend, or an engine flow test (the real engine runs minutes on the
+CPU) whose backend only changes how chunks are committed, which the crash/resume, staging, judge errors,
 reverse and parity tests check on both. pytest orders the tests by that parameter, so module fixtures
 are built once per backend.
 """
@@ -42,27 +43,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
     for name, text in TIERS.items():
         config.addinivalue_line("markers", f"{name}: tier: {text}")
-    config.addinivalue_line(
-        "markers",
-        "backends(*names): run a test that takes `backend` on these Delta backends only: an engine flow test "
-        "whose backend changes only the commit path, which the tests left on both backends and the parity test cover",
-    )
 
 
-def pytest_collection_modifyitems(config, items):
-    kept, dropped = [], []
+def pytest_collection_modifyitems(items):
     for item in items:
-        only = item.get_closest_marker("backends")
-        param = getattr(item, "callspec", None) and item.callspec.params.get("backend")
-        (dropped if only and param and param not in only.args else kept).append(item)
         if any(item.get_closest_marker(name) for name in TIERS):
             continue
         fixtures = set(item.fixturenames)
-        tier = "engine" if fixtures & ENGINE_FIXTURES else "spark" if "spark" in fixtures else "unit"
-        item.add_marker(tier)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+        item.add_marker("engine" if fixtures & ENGINE_FIXTURES else "spark" if "spark" in fixtures else "unit")
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def responses(ctx):
 # ---- through Spark, real engine -------------------------------------------------------------------------
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_dir, tmp_path, backend):
     ctx = make_ctx("generate.tasks=2")
     ids = seed_prompts(ctx, prompts[:5] + prompts[-3:])
@@ -123,7 +123,7 @@ def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_d
     assert through_spark == direct
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_one_engine_per_worker_across_partitions_and_jobs(make_ctx, prompts):
     ctx = make_ctx("generate.tasks=6", "generate.chunk_rows=2")
     seed_prompts(ctx, prompts[:12])
@@ -138,7 +138,7 @@ def test_one_engine_per_worker_across_partitions_and_jobs(make_ctx, prompts):
     assert len(result.stats["engine_start_s"]) <= len(builds) < 6
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts):
     ctx = make_ctx("generate.tasks=2", "generate.batch_size=8")
     huge = "word " * 3000  # > max_model_len 2048 of the tiny model
@@ -164,7 +164,7 @@ def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts
     assert status == {bad: True, huge_id: False}  # the retried request was answered; its error row is history
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_prompt_too_long_is_retried_once_max_model_len_is_raised(make_ctx, prompts):
     long_text = "word " * 250  # about 750 tokens: over a 512 context, within the model's 2048
     (pid,) = seed_prompts(make_ctx(), [(long_text, "en")])
@@ -179,7 +179,7 @@ def test_prompt_too_long_is_retried_once_max_model_len_is_raised(make_ctx, promp
     assert set(responses(make_ctx()).prompt_id) == {pid}
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_translate_to_japanese_then_answer_the_translations(make_ctx, prompts):
     ctx = make_ctx("translate.langs=[en]", "translate.tasks=2", "translate.target_lang=ja")
     ids = seed_prompts(ctx, prompts[:5] + prompts[-2:])  # 5 en, 2 ja (left alone: already Japanese)
@@ -210,7 +210,7 @@ def test_translate_to_japanese_then_answer_the_translations(make_ctx, prompts):
     assert both.rows_out == 2 * 7 and set(responses(ctx).task) == {"respond", "respond_translated"}
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_prompts_raw_input_uses_text_hash_ids(make_ctx, spark):
     ctx = make_ctx("generate.input=prompts_raw", "generate.langs=[en]")
     rows = [
@@ -330,7 +330,7 @@ def test_fault_after_k_chunks_then_resume_answers_every_prompt_exactly_n_times(m
 # ---- several models (last too: each worker closes its engine for the next model's) -------------------------
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_several_models_answer_the_same_prompts_and_each_resumes_on_its_own(make_ctx, prompts):
     from instructlake.jobs import report
 
@@ -413,7 +413,7 @@ def test_gpu_resource_profile_plan(spark):
     assert llm.gpus_per_task(on.model_copy(update={"per_task": 1}), {"tensor_parallel_size": 8}) == 1
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 @pytest.mark.gpu
 @pytest.mark.skipif(not Path("/dev/nvidiactl").exists(), reason="needs a CUDA GPU and the CUDA vllm package (no GPU here)")
 def test_generate_on_a_gpu(make_ctx, prompts):

@@ -139,7 +139,7 @@ def test_judge_every_response_errors_and_resume(make_ctx, shared_data, work_dir,
     assert [by_id[r] for r in picked.response_id] == direct
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_judge_selection_config_and_staged_commits(make_ctx, tmp_path):
     rows = [response(f"Question number {k}?", i, lang) for k, lang in enumerate(["en", "en", "ja"]) for i in range(2)]
     rows += [response("Answer the translation.", 0, "ja", task="respond_translated")]
@@ -285,7 +285,7 @@ def chosen(tmp_path: Path, names: dict[str, str], ids: dict[str, list[str]]) -> 
     return out
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_export_best_of_n(judged, tmp_path):
     make, names, ids = judged
     result = run_stage(make("export.select=best"), "export")
@@ -296,7 +296,7 @@ def test_export_best_of_n(judged, tmp_path):
     assert chosen(tmp_path, names, ids)["F"] == 1  # judge k alone prefers F1
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_export_min_score(judged, tmp_path):
     make, names, ids = judged
     result = run_stage(make("export.select=best", "export.min_score=5"), "export")
@@ -308,7 +308,7 @@ def test_export_min_score(judged, tmp_path):
     assert every.rows_out == 12 - 1 - 5 and every.stats["left_out"] == {"truncated": 1, "low_score": 5}
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_export_best_without_judgements_is_first_ok(make_ctx, tmp_path):
     ctx = make_ctx("export.select=best")
     rows = [response("Why is the sky blue?", i, "en") for i in range(2)]

@@ -55,7 +55,7 @@ def steps(ctx):
     return ctx.store.read("reverse_steps").toPandas()
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_corpus_fragments_are_never_prompts(make_ctx, lake):
     fragments, prompts = lake
     ctx = make_ctx()
@@ -108,7 +108,7 @@ def test_four_steps_then_pairs_in_responses(make_ctx, lake):
     assert ctx.store.read("responses").count() == 0
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_one_pair_per_distinct_instruction(make_ctx, lake):
     """A generic instruction written for several fragments becomes one prompt: the best-scored pair."""
     from types import SimpleNamespace
@@ -133,7 +133,7 @@ def test_one_pair_per_distinct_instruction(make_ctx, lake):
     assert got.response_id.is_unique
 
 
-@pytest.mark.backends("rs")
+@pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
 def test_scripted_engine_scores_pairs_and_min_score_keeps_the_good_ones(make_ctx, lake):
     """With parseable scores (the scripted engine), reverse.min_score keeps exactly the pairs scored at or
     above it, and the pairs' prompts are the instructions translated back into the fragment's language."""
