@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from instructlake.udfs.engine import Backend
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 if not (CONF_DIR / "default.yaml").exists():  # installed non-editable: conf ships beside the package
     CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -309,7 +311,7 @@ class LLMStageConf(_Section):
 
     model_conf: str
     model: str | None
-    backend: Literal["vllm", "transformers", "scripted"] | None
+    backend: Backend | None
     engine_args: dict[str, Any]
     chat_template: str | None
     sampling: SamplingOverrides
@@ -342,7 +344,7 @@ class ModelChoice(_Section):
 
     model_conf: str
     model: str | None = None
-    backend: Literal["vllm", "transformers", "scripted"] | None = None
+    backend: Backend | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)  # merged over the stage's
     chat_template: str | None = None
     sampling: dict[str, Any] = Field(default_factory=dict)  # SamplingOverrides keys, over the stage's

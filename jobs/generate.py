@@ -24,6 +24,7 @@ import logging
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from instructlake.jobs.config import GenerateConf
 from instructlake.jobs.llm import (
     LLMJob,
     ResolvedModel,
@@ -34,7 +35,6 @@ from instructlake.jobs.llm import (
     sample,
     select_prompts,
 )
-from instructlake.jobs.config import GenerateConf
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs.generation import RESPOND, RESPOND_TRANSLATED, LLMTask
 

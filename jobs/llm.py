@@ -46,7 +46,7 @@ from instructlake.jobs.runs import StageResult
 from instructlake.jobs.store import RsTable, TableStore, arrow_schema
 from instructlake.jobs.tables import KEYS, SCHEMAS
 from instructlake.udfs import generation as G
-from instructlake.udfs.engine import PROMPT_TOO_LONG, SamplingConfig
+from instructlake.udfs.engine import PROMPT_TOO_LONG, Backend, SamplingConfig
 from instructlake.udfs.text import prompt_id
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class ModelFile(BaseModel):
     name: str | None = None  # recorded in rows (responses.model, ids); default: `model` as written
     build: Literal["tiny-chat"] | None = None  # build this local model there on first use (udfs.tiny_model)
     build_seed: int = 0  # its weights' seed: another seed, another model
-    backend: Literal["vllm", "transformers", "scripted"] = "vllm"
+    backend: Backend = "vllm"
     engine_args: dict[str, Any] = Field(default_factory=dict)
     sampling: SamplingFile
     chat_template: str | None = None  # a template string or a path to a .jinja file

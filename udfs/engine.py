@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 log = logging.getLogger(__name__)
 
 PROMPT_TOO_LONG = "prompt_too_long"
+Backend = Literal["vllm", "transformers", "scripted"]  # the engines of _BACKENDS, for the config types
 FATAL_ERRORS = frozenset({"EngineDeadError"})  # the engine is unusable: retrying rows would be pointless
 
 # Measured on CPU machines (ENVIRONMENT.md): an in-process engine starts in 2-3 s and works in forked
@@ -102,7 +103,7 @@ class Engine(Protocol):
 class EngineSpec:
     """What to build. `get_engine` accepts this or the same keys as a plain dict."""
 
-    backend: Literal["vllm", "transformers", "scripted"]
+    backend: Backend
     model: str  # local path, or a hub id where the cluster can reach one
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine_args: Mapping[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments
