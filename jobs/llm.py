@@ -43,7 +43,8 @@ from pyspark.sql import functions as F
 
 from instructlake.jobs.config import CONF_DIR, Config, GpuConf, LLMStageConf
 from instructlake.jobs.runs import StageResult
-from instructlake.jobs.store import RsTable, TableStore, arrow_schema
+from instructlake.jobs.store import TableStore, arrow_schema
+from instructlake.udfs.rs_table import RsTable
 from instructlake.jobs.tables import KEYS, SCHEMAS
 from instructlake.udfs import generation as G
 from instructlake.udfs.engine import PROMPT_TOO_LONG, Backend, SamplingConfig

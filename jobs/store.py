@@ -1,4 +1,5 @@
-"""All Delta I/O, behind one API, on two backends.
+"""All Delta I/O, behind one API, on two backends (the delta-rs handle that Spark tasks commit through is
+udfs.rs_table.RsTable, so executors never import this driver module).
 
 `spark` (delta-spark): clusters with the Delta jars and Databricks. `rs` (delta-rs, embedded): everywhere
 else; Spark tasks commit Arrow batches straight into the table, each commit tagged with an app transaction
@@ -20,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pyarrow as pa
 from pyspark import StorageLevel
@@ -31,6 +32,7 @@ from pyspark.sql.types import StructType
 
 from instructlake.jobs.config import Config
 from instructlake.jobs.tables import BOOKKEEPING, KEYS, SCHEMAS
+from instructlake.udfs.rs_table import RsTable, commit_partitions
 
 log = logging.getLogger(__name__)
 
@@ -45,156 +47,6 @@ class MergeResult:
 
 def arrow_schema(schema: StructType) -> pa.Schema:
     return to_arrow_schema(schema, timezone="UTC")
-
-
-@dataclass(frozen=True)
-class RsTable:
-    """A delta-rs table handle that pickles into Spark tasks (a URI, a schema, options: no live objects)."""
-
-    uri: str
-    schema: pa.Schema
-    storage_options: dict[str, str]
-    retries: int
-
-    def _table(self):
-        from deltalake import DeltaTable
-
-        return DeltaTable(self.uri, storage_options=self.storage_options or None)
-
-    def committed(self, app_id: str) -> bool:
-        return self._table().transaction_version(app_id) is not None
-
-    def num_rows(self) -> int:
-        """Rows in the current version, from the log's per-file counts (no data read)."""
-        actions = pa.table(self._table().get_add_actions(flatten=True))
-        return int(sum(n or 0 for n in actions.column("num_records").to_pylist()))
-
-    def conform(self, data: pa.Table) -> pa.Table:
-        return data.select(self.schema.names).cast(self.schema)
-
-    def append(self, data: pa.Table, app_id: str | None = None) -> bool:
-        """Commit `data`; with an app_id, at most once ever. Returns False when it was already committed."""
-        from deltalake import CommitProperties, Transaction, write_deltalake
-
-        data = self.conform(data)
-        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
-        return self._retry(lambda: write_deltalake(self.uri, data, mode="append", storage_options=self.storage_options or None, commit_properties=props), app_id)
-
-    def merge(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None) -> bool:
-        """Upsert `data` on `keys` (update every column when matched, insert when not)."""
-        from deltalake import CommitProperties, Transaction
-
-        data = self.conform(data)
-        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
-
-        def commit() -> None:
-            (
-                self._table()
-                .merge(data, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props)
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute()
-            )
-
-        return self._retry(commit, app_id)
-
-    def delete(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None, when: str | None = None) -> bool:
-        """Delete the rows whose `keys` appear in `data` (a MERGE whose only clause deletes matches), only
-        those where the SQL predicate `when` (over t. and s.) holds when it is given."""
-        from deltalake import CommitProperties, Transaction
-
-        cols = list(keys) if when is None else self.schema.names
-        data = data.select(cols).cast(pa.schema([self.schema.field(k) for k in cols]))
-        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
-
-        def commit() -> None:
-            merger = self._table().merge(data, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props)
-            merger.when_matched_delete(predicate=when).execute()
-
-        return self._retry(commit, app_id)
-
-    def upsert_where(self, data: pa.Table, keys: tuple[str, ...], when: str) -> None:
-        """Insert the rows of `data` whose keys are absent; update the matched ones only where the SQL
-        predicate `when` holds. Evaluated against the version the commit lands on: a concurrent commit
-        makes this one fail and be retried, so the predicate always sees the latest row (a compare-and-set)."""
-        data = self.conform(data)
-        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-
-        def commit() -> None:
-            merger = self._table().merge(data, predicate=predicate, source_alias="s", target_alias="t")
-            merger.when_matched_update_all(predicate=when).when_not_matched_insert_all().execute()
-
-        self._retry(commit, None)
-
-    def replace(self, data: pa.Table, keys: tuple[str, ...], app_id: str | None = None) -> bool:
-        """In one commit, delete every row whose keys appear in `data` and insert `data` (one row per key).
-        The source holds each row twice: keyed (matches, deletes all copies) and with null keys (matches
-        nothing, is inserted)."""
-        from deltalake import CommitProperties, Transaction
-
-        data = self.conform(data)
-        marks = [f"__k_{k}" for k in keys]
-        keyed = data
-        unkeyed = data
-        for k, m in zip(keys, marks):
-            keyed = keyed.append_column(m, data[k])
-            unkeyed = unkeyed.append_column(m, pa.nulls(data.num_rows, data.schema.field(k).type))
-        source = pa.concat_tables([keyed, unkeyed])
-        predicate = " AND ".join(f"t.`{k}` = s.`{m}`" for k, m in zip(keys, marks))
-        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)]) if app_id else None
-
-        def commit() -> None:
-            merger = self._table().merge(source, predicate=predicate, source_alias="s", target_alias="t", commit_properties=props)
-            merger.when_matched_delete().when_not_matched_insert({c: f"s.`{c}`" for c in self.schema.names}).execute()
-
-        return self._retry(commit, app_id)
-
-    def rows(self, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        # Filtered here: delta-rs's string_view columns match no pyarrow filter kernel for a str.
-        where = where or {}
-        return [r for r in self._table().to_pyarrow_table().to_pylist() if all(r[k] == v for k, v in where.items())]
-
-    def _retry(self, commit, app_id: str | None) -> bool:
-        from deltalake.exceptions import CommitFailedError
-
-        for attempt in range(self.retries + 1):
-            if app_id and self.committed(app_id):
-                return False
-            try:
-                commit()
-                return True
-            except CommitFailedError:
-                if attempt == self.retries:
-                    raise
-                # Jittered backoff: concurrent tasks that collided should not collide again in lockstep.
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
-
-
-def _commit_partitions(target: RsTable, app_prefix: str, keys: tuple[str, ...] | None, op: str = "merge"):
-    """mapInArrow body: each task commits its rows once: an append without keys, else `op` on the keys
-    (merge, delete or replace)."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        pid = TaskContext.get().partitionId()
-        batches = list(batches)
-        rows = sum(b.num_rows for b in batches)
-        skipped = False
-        if rows:
-            data = pa.Table.from_batches(batches)
-            app_id = f"{app_prefix}/{pid}"
-            done = getattr(target, op)(data, keys, app_id) if keys else target.append(data, app_id)
-            skipped = not done
-        yield pa.RecordBatch.from_pylist(
-            [{"partition": pid, "rows": 0 if skipped else rows, "skipped": skipped}],
-            schema=pa.schema([("partition", pa.int32()), ("rows", pa.int64()), ("skipped", pa.bool_())]),
-        )
-
-    return run
 
 
 def table_location(conf: Config, name: str) -> str:
@@ -323,7 +175,7 @@ class TableStore:
             version = self._delta_table(name).history(1).select("version").first()[0]
             reader = self.spark.read.format("delta").option("versionAsOf", version)
             return reader.table(loc) if self.conf.tables.catalog else reader.load(loc)
-        uris = self.rs_table(name)._table().file_uris()
+        uris = self.rs_table(name).open().file_uris()
         if not uris:
             return self.spark.createDataFrame([], SCHEMAS[name])
         return self.spark.read.schema(SCHEMAS[name]).parquet(*uris)
@@ -331,7 +183,7 @@ class TableStore:
     def version(self, name: str) -> int:
         self.create(name)
         if self.backend == "rs":
-            return self.rs_table(name)._table().version()
+            return self.rs_table(name).open().version()
         return self._delta_table(name).history(1).select("version").first()[0]
 
     def history(self, name: str) -> list[dict[str, Any]]:
@@ -340,7 +192,7 @@ class TableStore:
         if self.backend == "rs":
             return [
                 {"version": h.get("version"), "timestamp": h.get("timestamp"), "operation": h.get("operation"), "parameters": h.get("operationParameters")}
-                for h in self.rs_table(name)._table().history()
+                for h in self.rs_table(name).open().history()
             ]
         rows = self._delta_table(name).history().select("version", "timestamp", "operation", "operationParameters").collect()
         return [{"version": r[0], "timestamp": r[1], "operation": r[2], "parameters": r[3]} for r in rows]
@@ -351,7 +203,7 @@ class TableStore:
         if self.backend == "rs":
             import pyarrow.compute as pc
 
-            adds = pa.table(self.rs_table(name)._table().get_add_actions(flatten=True))
+            adds = pa.table(self.rs_table(name).open().get_add_actions(flatten=True))
             rows = pc.sum(adds["num_records"]).as_py() if adds.num_rows else 0
             if adds.num_rows and adds["num_records"].null_count:  # a file without stats: count the rows
                 rows = self.read(name).count()
@@ -366,7 +218,7 @@ class TableStore:
             from deltalake import CommitProperties
 
             props = CommitProperties(custom_metadata={"instructlake.run_id": run_id, "instructlake.stage": stage})
-            m = self.rs_table(name)._table().optimize.compact(target_size=target_bytes, commit_properties=props)
+            m = self.rs_table(name).open().optimize.compact(target_size=target_bytes, commit_properties=props)
             return {"files_removed": int(m["numFilesRemoved"]), "files_added": int(m["numFilesAdded"])}
         self.spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(target_bytes))
         m = self._delta_table(name).optimize().executeCompaction().select("metrics.numFilesRemoved", "metrics.numFilesAdded").first()
@@ -379,7 +231,7 @@ class TableStore:
         older version would lose files."""
         enforce = retention_hours >= 168
         if self.backend == "rs":
-            table = self.rs_table(name)._table()
+            table = self.rs_table(name).open()
             # full: also files no commit ever referenced (the log-only mode sees only removed files).
             return len(table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=enforce, full=True))
         # Delta 4.4 ignores a RETAIN other than 0 unless told not to (it would use the table property).
@@ -416,7 +268,7 @@ class TableStore:
             writer.saveAsTable(loc) if self.conf.tables.catalog else writer.save(loc)
             last = self._delta_table(name).history(1).select("version", "operationMetrics").first()
             return int((last[1] or {}).get("numOutputRows", 0)) if last[0] != before else 0
-        results = df.mapInArrow(_commit_partitions(self.rs_table(name), app, None), _RESULT_SCHEMA).collect()
+        results = df.mapInArrow(commit_partitions(self.rs_table(name), app, None), _RESULT_SCHEMA).collect()
         return sum(r["rows"] for r in results)
 
     def merge(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
@@ -455,7 +307,7 @@ class TableStore:
         # Few partitions: each is one delta-rs MERGE commit, and concurrent MERGEs retry on conflict.
         df = df.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *keys)
         app = f"{self.physical(name)}:{stage}:{run_id}:update"
-        df.mapInArrow(_commit_partitions(self.rs_table(name), app, keys), _RESULT_SCHEMA).collect()
+        df.mapInArrow(commit_partitions(self.rs_table(name), app, keys), _RESULT_SCHEMA).collect()
 
     def delete(self, keys: DataFrame, name: str, *, run_id: str, stage: str) -> int:
         """Delete the rows whose keys appear in `keys` (a DataFrame with at least the table's key columns).
@@ -474,7 +326,7 @@ class TableStore:
             else:
                 parts = doomed.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
                 app = f"{self.physical(name)}:{stage}:{run_id}:delete-{uuid.uuid4().hex[:12]}"
-                parts.mapInArrow(_commit_partitions(self.rs_table(name), app, tuple(k), "delete"), _RESULT_SCHEMA).collect()
+                parts.mapInArrow(commit_partitions(self.rs_table(name), app, tuple(k), "delete"), _RESULT_SCHEMA).collect()
             return n
         finally:
             doomed.unpersist()
@@ -518,7 +370,7 @@ class TableStore:
             else:
                 parts = keep.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
                 app = f"{self.physical(name)}:{stage}:{run_id}:dedup-{uuid.uuid4().hex[:12]}"
-                parts.mapInArrow(_commit_partitions(self.rs_table(name), app, tuple(k), "replace"), _RESULT_SCHEMA).collect()
+                parts.mapInArrow(commit_partitions(self.rs_table(name), app, tuple(k), "replace"), _RESULT_SCHEMA).collect()
             return int(removed)
         finally:
             counts.unpersist()

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from instructlake.jobs.store import RsTable, arrow_schema
+from instructlake.jobs.store import arrow_schema
+from instructlake.udfs.rs_table import RsTable
 from instructlake.jobs.tables import SCHEMAS
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
