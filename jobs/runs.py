@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 from instructlake.jobs.config import Config, scrub
 from instructlake.jobs.lease import Lease, mark_abandoned, utcnow
 from instructlake.jobs.session import build_session, choose_backend
-from instructlake.jobs.store import TableStore
+from instructlake.jobs.store import TableStore, open_store
 from instructlake.jobs.tables import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Context:
     @classmethod
     def create(cls, conf: Config, spark: SparkSession | None = None) -> "Context":
         spark = spark or build_session(conf)
-        store = TableStore(spark, conf, choose_backend(spark, conf))
+        store = open_store(spark, conf, choose_backend(spark, conf))
         return cls(spark=spark, conf=conf, store=store, run_id=conf.run.run_id or new_run_id())
 
 

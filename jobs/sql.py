@@ -1,5 +1,6 @@
 """SQL over the Delta outputs without Spark: DuckDB with its delta extension, loaded from the pip package
-(a plain `LOAD delta` would try to download it). Every table in tables.names that exists becomes a view."""
+(a plain `LOAD delta` would try to download it). Every table in tables.names that exists becomes a view
+(which tables those are, and how to scan them, is the store's: jobs.store.duckdb_views)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from instructlake.jobs.config import Config
-from instructlake.jobs.store import table_location
+from instructlake.jobs.store import duckdb_views
 
 
 def _extension_file() -> Path:
@@ -24,24 +25,17 @@ def _extension_file() -> Path:
     return found[0]
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
 def connect(conf: Config) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per existing Delta table."""
-    if conf.tables.catalog:
-        raise ValueError("instructlake sql reads path tables; with tables.catalog set, query the metastore with Spark SQL")
+    views = duckdb_views(conf)
     con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false"})
     con.execute(f"LOAD '{_extension_file()}'")
-    for name in conf.tables.names:
-        path = table_location(conf, name)
-        if "://" in path or (Path(path) / "_delta_log").is_dir():
-            con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM delta_scan({_literal(path)})")
+    for name, select in views:
+        con.execute(f"CREATE VIEW {_ident(name)} AS {select}")
     return con
 
 

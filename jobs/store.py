@@ -1,5 +1,6 @@
-"""All Delta I/O, behind one API, on two backends (the delta-rs handle that Spark tasks commit through is
-udfs.rs_table.RsTable, so executors never import this driver module).
+"""All Delta I/O: one interface (TableStore), one class per backend (RsStore, SparkStore), picked by
+open_store; the delta-rs handle that Spark tasks commit through is udfs.rs_table.RsTable, so executors
+never import this driver module. DuckDB's views over the tables (duckdb_views) are built here too.
 
 `spark` (delta-spark): clusters with the Delta jars and Databricks. `rs` (delta-rs, embedded): everywhere
 else; Spark tasks commit Arrow batches straight into the table, each commit tagged with an app transaction
@@ -19,9 +20,10 @@ import logging
 import random
 import time
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import pyarrow as pa
 from pyspark import StorageLevel
@@ -60,22 +62,40 @@ def table_location(conf: Config, name: str) -> str:
     return f"{root.rstrip('/')}/{physical}" if "://" in root else str(Path(root).resolve() / physical)
 
 
+def duckdb_views(conf: Config) -> list[tuple[str, str]]:
+    """(name, SELECT) for each table in tables.names that exists, over DuckDB's delta extension."""
+    if conf.tables.catalog:
+        raise ValueError("DuckDB reads path tables; with tables.catalog set, query the metastore with Spark SQL")
+    views = []
+    for name in conf.tables.names:
+        path = table_location(conf, name)
+        # The local file system cannot see into an object store: a remote table is taken to exist.
+        if "://" in path or (Path(path) / "_delta_log").is_dir():
+            views.append((name, "SELECT * FROM delta_scan('" + path.replace("'", "''") + "')"))
+    return views
+
+
 def _columns_ddl(fields, not_null: bool = True) -> str:
     return ", ".join(f"`{f.name}` {f.dataType.simpleString()}{' NOT NULL' if not_null and not f.nullable else ''}" for f in fields)
 
 
-class TableStore:
-    """Create, append, merge, read and inspect the project's Delta tables."""
+def _on(keys, prefix: str = "") -> str:
+    """The MERGE condition matching stored rows (t.) to source rows (s.) on `keys` (s.`<prefix><key>`)."""
+    return " AND ".join(f"t.`{k}` = s.`{prefix}{k}`" for k in keys)
 
-    def __init__(self, spark: SparkSession, conf: Config, backend: str):
-        if backend not in ("spark", "rs"):
-            raise ValueError(f"unknown delta backend {backend!r}")
-        self.spark, self.conf, self.backend = spark, conf, backend
+
+class TableStore(ABC):
+    """Create, append, merge, read and inspect the project's Delta tables. What holds on both backends
+    lives here (naming, contracts, which rows a merge, delete or dedup touches, the lease guard); each
+    subclass commits those rows its own way."""
+
+    backend: ClassVar[str]
+
+    def __init__(self, spark: SparkSession, conf: Config):
+        self.spark, self.conf = spark, conf
         self._current: set[str] = set()  # tables created or brought up to their contract by this store
         # Set by the stage runner to its lease's check: a driver-side write fails once the lease lapsed.
         self.guard: Callable[[], None] | None = None
-        if backend == "rs" and conf.tables.catalog:
-            raise ValueError("tables.catalog names metastore tables, which need delta.backend=spark")
 
     # ---- naming -------------------------------------------------------------------------------------
     def physical(self, name: str) -> str:
@@ -84,33 +104,9 @@ class TableStore:
     def location(self, name: str) -> str:
         return table_location(self.conf, name)
 
-    def rs_table(self, name: str) -> RsTable:
-        """The picklable delta-rs handle of a table, for executors that commit their own chunks (rs backend)."""
-        return RsTable(
-            uri=self.location(name),
-            schema=arrow_schema(SCHEMAS[name]),
-            storage_options=dict(self.conf.delta.storage_options),
-            retries=self.conf.delta.commit_retries,
-        )
-
-    def _delta_table(self, name: str):
-        from delta.tables import DeltaTable
-
-        loc = self.location(name)
-        return DeltaTable.forName(self.spark, loc) if self.conf.tables.catalog else DeltaTable.forPath(self.spark, loc)
-
     # ---- lifecycle ----------------------------------------------------------------------------------
-    def exists(self, name: str) -> bool:
-        if self.backend == "rs":
-            from deltalake import DeltaTable
-
-            return DeltaTable.is_deltatable(self.location(name), storage_options=self.conf.delta.storage_options or None)
-        from delta.tables import DeltaTable
-
-        loc = self.location(name)
-        if self.conf.tables.catalog:
-            return self.spark.catalog.tableExists(loc)
-        return DeltaTable.isDeltaTable(self.spark, loc)
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
 
     def create(self, name: str) -> None:
         """Create the table with its contract schema if it does not exist, or add the contract's columns an
@@ -132,144 +128,64 @@ class TableStore:
             log.warning("table %s: added columns %s (the table predates them)", name, [f.name for f in missing])
         self._current.add(name)
 
+    @abstractmethod
     def _create(self, name: str, schema: StructType) -> list:
-        if self.backend == "rs":
-            from deltalake import DeltaTable
-            from deltalake.schema import Schema
-
-            opts = self.conf.delta.storage_options or None
-            if not DeltaTable.is_deltatable(self.location(name), storage_options=opts):
-                DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=opts)
-            table = DeltaTable(self.location(name), storage_options=opts)
-            have = {f.name for f in table.schema().fields}
-            missing = [f for f in schema.fields if f.name not in have]
-            if missing:
-                table.alter.add_columns(Schema.from_arrow(arrow_schema(StructType(missing))).fields)
-        else:
-            from delta.tables import DeltaTable
-
-            loc = self.location(name)
-            t = self.conf.tables
-            # Asked first: on Unity Catalog a user may use a schema that they may not create.
-            if t.catalog and t.schema_ and not self.spark.catalog.databaseExists(f"`{t.catalog}`.`{t.schema_}`"):
-                self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{t.catalog}`.`{t.schema_}`")
-            if t.catalog:
-                # SQL rather than the builder: its tableName() takes no three-part names outside Databricks.
-                self.spark.sql(f"CREATE TABLE IF NOT EXISTS {loc} ({_columns_ddl(schema.fields)}) USING DELTA")
-            else:
-                DeltaTable.createIfNotExists(self.spark).addColumns(schema).location(loc).execute()
-            have = set(self._delta_table(name).toDF().columns)
-            missing = [f for f in schema.fields if f.name not in have]
-            if missing:
-                target = loc if self.conf.tables.catalog else f"delta.`{loc}`"
-                # Added columns stay nullable: the rows already there have no value for them.
-                self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({_columns_ddl(missing, not_null=False)})")
-        return missing
+        """Create the table if absent, add the fields of `schema` it lacks; returns those fields."""
 
     # ---- reads --------------------------------------------------------------------------------------
     def read(self, name: str) -> DataFrame:
         """The current snapshot as a Spark DataFrame (pinned to one version)."""
         self.create(name)
-        if self.backend == "spark":
-            loc = self.location(name)
-            version = self._delta_table(name).history(1).select("version").first()[0]
-            reader = self.spark.read.format("delta").option("versionAsOf", version)
-            return reader.table(loc) if self.conf.tables.catalog else reader.load(loc)
-        uris = self.rs_table(name).open().file_uris()
-        if not uris:
-            return self.spark.createDataFrame([], SCHEMAS[name])
-        return self.spark.read.schema(SCHEMAS[name]).parquet(*uris)
+        return self._read(name)
+
+    @abstractmethod
+    def _read(self, name: str) -> DataFrame: ...
 
     def version(self, name: str) -> int:
         self.create(name)
-        if self.backend == "rs":
-            return self.rs_table(name).open().version()
-        return self._delta_table(name).history(1).select("version").first()[0]
+        return self._version(name)
+
+    @abstractmethod
+    def _version(self, name: str) -> int: ...
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """Commits newest first: version, timestamp, operation, parameters."""
         self.create(name)
-        if self.backend == "rs":
-            return [
-                {"version": h.get("version"), "timestamp": h.get("timestamp"), "operation": h.get("operation"), "parameters": h.get("operationParameters")}
-                for h in self.rs_table(name).open().history()
-            ]
-        rows = self._delta_table(name).history().select("version", "timestamp", "operation", "operationParameters").collect()
-        return [{"version": r[0], "timestamp": r[1], "operation": r[2], "parameters": r[3]} for r in rows]
+        return self._history(name)
+
+    @abstractmethod
+    def _history(self, name: str) -> list[dict[str, Any]]: ...
 
     # ---- upkeep -------------------------------------------------------------------------------------
+    @abstractmethod
     def file_stats(self, name: str) -> dict[str, int]:
         """Data files, bytes and rows of the current version (from the log: no data is read on delta-rs)."""
-        if self.backend == "rs":
-            import pyarrow.compute as pc
 
-            adds = pa.table(self.rs_table(name).open().get_add_actions(flatten=True))
-            rows = pc.sum(adds["num_records"]).as_py() if adds.num_rows else 0
-            if adds.num_rows and adds["num_records"].null_count:  # a file without stats: count the rows
-                rows = self.read(name).count()
-            return {"files": adds.num_rows, "bytes": pc.sum(adds["size_bytes"]).as_py() or 0, "rows": rows or 0}
-        detail = self._delta_table(name).detail().select("numFiles", "sizeInBytes").first()
-        return {"files": detail[0], "bytes": detail[1], "rows": self.read(name).count()}
-
+    @abstractmethod
     def compact(self, name: str, target_bytes: int, *, run_id: str, stage: str) -> dict[str, int]:
         """Rewrite the table's small files into files of about target_bytes (OPTIMIZE): one commit, the same
-        rows; older versions stay readable until vacuumed."""
-        if self.backend == "rs":
-            from deltalake import CommitProperties
-
-            props = CommitProperties(custom_metadata={"instructlake.run_id": run_id, "instructlake.stage": stage})
-            m = self.rs_table(name).open().optimize.compact(target_size=target_bytes, commit_properties=props)
-            return {"files_removed": int(m["numFilesRemoved"]), "files_added": int(m["numFilesAdded"])}
-        self.spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(target_bytes))
-        m = self._delta_table(name).optimize().executeCompaction().select("metrics.numFilesRemoved", "metrics.numFilesAdded").first()
-        return {"files_removed": int(m[0] or 0), "files_added": int(m[1] or 0)}
+        rows; older versions stay readable until vacuumed. Returns files_removed, files_added."""
 
     def vacuum(self, name: str, retention_hours: int) -> int | None:
         """Delete data files that no version within retention_hours references, including files that killed
         writers left without a commit; returns how many (None where Delta did not log it). Under Delta's
         168 h default its safety check is turned off for this call only: readers or writers still on an
         older version would lose files."""
-        enforce = retention_hours >= 168
-        if self.backend == "rs":
-            table = self.rs_table(name).open()
-            # full: also files no commit ever referenced (the log-only mode sees only removed files).
-            return len(table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=enforce, full=True))
-        # Delta 4.4 ignores a RETAIN other than 0 unless told not to (it would use the table property).
-        settings = {
-            "spark.databricks.delta.retentionDurationCheck.enabled": str(enforce).lower(),
-            "spark.databricks.delta.vacuum.retentionWindowIgnore.enabled": "false",
-        }
-        previous = {k: self.spark.conf.get(k, None) for k in settings}
-        for k, v in settings.items():
-            self.spark.conf.set(k, v)
-        try:
-            table = self._delta_table(name)
-            table.vacuum(retention_hours)
-        finally:
-            for k, v in previous.items():
-                self.spark.conf.unset(k) if v is None else self.spark.conf.set(k, v)
-        last = table.history(1).select("operation", "operationMetrics").first()
-        if last and last[0] == "VACUUM END" and last[1] and "numDeletedFiles" in last[1]:
-            return int(last[1]["numDeletedFiles"])
-        return None
+        return self._vacuum(name, retention_hours, enforce=retention_hours >= 168)
+
+    @abstractmethod
+    def _vacuum(self, name: str, retention_hours: int, enforce: bool) -> int | None: ...
 
     # ---- writes -------------------------------------------------------------------------------------
     def append(self, df: DataFrame, name: str, *, run_id: str, stage: str, chunk: str = "0") -> int:
         """Append df; idempotent per (table, stage, run, chunk[, partition]). Returns rows written."""
         self._check()
         self.create(name)
-        df = self._conform(df, name)
-        app = f"{self.physical(name)}:{stage}:{run_id}:{chunk}"
-        if self.backend == "spark":
-            # Delta's idempotent writes: a txnAppId/txnVersion pair is applied at most once.
-            before = self.version(name)
-            writer = df.write.format("delta").mode("append").option("txnAppId", app).option("txnVersion", 1)
-            loc = self.location(name)
-            writer.saveAsTable(loc) if self.conf.tables.catalog else writer.save(loc)
-            last = self._delta_table(name).history(1).select("version", "operationMetrics").first()
-            return int((last[1] or {}).get("numOutputRows", 0)) if last[0] != before else 0
-        results = df.mapInArrow(commit_partitions(self.rs_table(name), app, None), _RESULT_SCHEMA).collect()
-        return sum(r["rows"] for r in results)
+        return self._append(self._conform(df, name), name, self._app_id(name, stage, run_id, chunk))
+
+    @abstractmethod
+    def _append(self, df: DataFrame, name: str, app: str) -> int:
+        """Append the conformed df at most once per app id; returns the rows written."""
 
     def merge(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
         """Upsert df on the table's keys. Rows identical to the stored ones (bookkeeping aside) are not
@@ -298,16 +214,9 @@ class TableStore:
         finally:
             delta.unpersist()
 
+    @abstractmethod
     def _merge_rows(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> None:
-        keys = KEYS[name]
-        if self.backend == "spark":
-            cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-            self._spark_retry(lambda: self._delta_table(name).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
-            return
-        # Few partitions: each is one delta-rs MERGE commit, and concurrent MERGEs retry on conflict.
-        df = df.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *keys)
-        app = f"{self.physical(name)}:{stage}:{run_id}:update"
-        df.mapInArrow(commit_partitions(self.rs_table(name), app, keys), _RESULT_SCHEMA).collect()
+        """Upsert df on the table's keys, every row written (no change detection)."""
 
     def delete(self, keys: DataFrame, name: str, *, run_id: str, stage: str) -> int:
         """Delete the rows whose keys appear in `keys` (a DataFrame with at least the table's key columns).
@@ -318,18 +227,15 @@ class TableStore:
         doomed = self.read(name).select(*k).join(keys.select(*k).distinct(), k, "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
         try:
             n = doomed.count()
-            if not n:
-                return 0
-            if self.backend == "spark":
-                cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in k)
-                self._spark_retry(lambda: self._delta_table(name).alias("t").merge(doomed.alias("s"), cond).whenMatchedDelete().execute())
-            else:
-                parts = doomed.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
-                app = f"{self.physical(name)}:{stage}:{run_id}:delete-{uuid.uuid4().hex[:12]}"
-                parts.mapInArrow(commit_partitions(self.rs_table(name), app, tuple(k), "delete"), _RESULT_SCHEMA).collect()
+            if n:
+                self._delete_keys(doomed, name, run_id=run_id, stage=stage)
             return n
         finally:
             doomed.unpersist()
+
+    @abstractmethod
+    def _delete_keys(self, doomed: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        """Delete the stored rows with the (distinct, stored) keys in `doomed`."""
 
     def dedup(self, name: str, *, run_id: str, stage: str) -> int:
         """Repair a keyed table that holds a key more than once (a lake written by concurrent runs before
@@ -353,37 +259,304 @@ class TableStore:
                 .filter("__rank = 1")
                 .drop("__rank")
             )
-            keep = self._conform(keep, name)
-            if self.backend == "spark":
-                marked = keep
-                for c in k:
-                    marked = marked.withColumn(f"__k_{c}", F.col(c))
-                unmarked = keep
-                for c in k:
-                    unmarked = unmarked.withColumn(f"__k_{c}", F.lit(None).cast(keep.schema[c].dataType))
-                source = marked.unionByName(unmarked)
-                cond = " AND ".join(f"t.`{c}` = s.`__k_{c}`" for c in k)
-                values = {f"`{c}`": f"s.`{c}`" for c in keep.columns}
-                self._spark_retry(
-                    lambda: self._delta_table(name).alias("t").merge(source.alias("s"), cond).whenMatchedDelete().whenNotMatchedInsert(values=values).execute()
-                )
-            else:
-                parts = keep.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *k)
-                app = f"{self.physical(name)}:{stage}:{run_id}:dedup-{uuid.uuid4().hex[:12]}"
-                parts.mapInArrow(commit_partitions(self.rs_table(name), app, tuple(k), "replace"), _RESULT_SCHEMA).collect()
+            self._replace_rows(self._conform(keep, name), name, run_id=run_id, stage=stage)
             return int(removed)
         finally:
             counts.unpersist()
+
+    @abstractmethod
+    def _replace_rows(self, keep: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        """In one commit per partition of keys: delete every stored row whose key is in `keep` (one row per
+        key), insert `keep`."""
 
     # ---- small driver-side tables (run records, leases) ---------------------------------------------
     def rows(self, name: str, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The rows of a small table (equality filters in `where`) as dicts, timestamps in UTC."""
         self.create(name)
-        if self.backend == "rs":
-            return self.rs_table(name).rows(where)
+        return self._rows(name, where)
+
+    @abstractmethod
+    def _rows(self, name: str, where: dict[str, Any] | None) -> list[dict[str, Any]]: ...
+
+    def upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        """A compare-and-set on a small table: insert rows whose key is absent, update a stored row only
+        where the SQL predicate `when` (over t. the stored row, s. the new one) holds on the latest version."""
+        self.create(name)
+        self._upsert_where(rows, name, when)
+
+    @abstractmethod
+    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None: ...
+
+    def delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        """Delete the stored rows keyed as in `rows` where the SQL predicate `when` holds (t. stored, s. given)."""
+        self.create(name)
+        self._delete_where(rows, name, when)
+
+    @abstractmethod
+    def _delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None: ...
+
+    def write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
+        """Upsert a few driver-side rows (run records): no Spark job on the rs backend."""
+        self.create(name)
+        self._write_rows(rows, name, run_id=run_id, stage=stage)
+
+    @abstractmethod
+    def _write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None: ...
+
+    def _app_id(self, name: str, stage: str, run_id: str, part: str) -> str:
+        """The app transaction id of one write (a task appends its partition number)."""
+        return f"{self.physical(name)}:{stage}:{run_id}:{part}"
+
+    def _check(self) -> None:
+        if self.guard:
+            self.guard()
+
+    def _conform(self, df: DataFrame, name: str) -> DataFrame:
+        """Select the contract's columns in order, cast to its types; fail on missing columns."""
+        schema = SCHEMAS[name]
+        missing = [f.name for f in schema.fields if f.name not in df.columns]
+        if missing:
+            raise ValueError(f"table {name}: DataFrame lacks columns {missing}")
+        return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
+class RsStore(TableStore):
+    """delta-rs: the driver reads and inspects tables itself; Spark tasks commit their own partitions
+    through RsTable, small tables are written from the driver with no Spark job."""
+
+    backend = "rs"
+
+    def __init__(self, spark: SparkSession, conf: Config):
+        if conf.tables.catalog:
+            raise ValueError("tables.catalog names metastore tables, which need delta.backend=spark")
+        super().__init__(spark, conf)
+
+    def rs_table(self, name: str) -> RsTable:
+        """The picklable delta-rs handle of a table, for executors that commit their own chunks."""
+        return RsTable(
+            uri=self.location(name),
+            schema=arrow_schema(SCHEMAS[name]),
+            storage_options=dict(self.conf.delta.storage_options),
+            retries=self.conf.delta.commit_retries,
+        )
+
+    def _commit_tasks(self, df: DataFrame, name: str, app: str, keys: tuple[str, ...] | None = None, op: str = "merge") -> int:
+        """Each partition of df commits itself (commit_partitions); returns the rows committed."""
+        results = df.mapInArrow(commit_partitions(self.rs_table(name), app, keys, op), _RESULT_SCHEMA).collect()
+        return sum(r["rows"] for r in results)
+
+    def _few_partitions(self, df: DataFrame, keys) -> DataFrame:
+        # Few partitions: each is one delta-rs MERGE commit, and concurrent MERGEs retry on conflict.
+        return df.repartition(max(1, min(4, self.conf.spark.shuffle_partitions)), *keys)
+
+    def _arrow(self, rows: list[dict[str, Any]], name: str) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name]))
+
+    def exists(self, name: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.location(name), storage_options=self.conf.delta.storage_options or None)
+
+    def _create(self, name: str, schema: StructType) -> list:
+        from deltalake import DeltaTable
+        from deltalake.schema import Schema
+
+        opts = self.conf.delta.storage_options or None
+        if not DeltaTable.is_deltatable(self.location(name), storage_options=opts):
+            DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=opts)
+        table = DeltaTable(self.location(name), storage_options=opts)
+        have = {f.name for f in table.schema().fields}
+        missing = [f for f in schema.fields if f.name not in have]
+        if missing:
+            table.alter.add_columns(Schema.from_arrow(arrow_schema(StructType(missing))).fields)
+        return missing
+
+    def _read(self, name: str) -> DataFrame:
+        uris = self.rs_table(name).open().file_uris()
+        if not uris:
+            return self.spark.createDataFrame([], SCHEMAS[name])
+        return self.spark.read.schema(SCHEMAS[name]).parquet(*uris)
+
+    def _version(self, name: str) -> int:
+        return self.rs_table(name).open().version()
+
+    def _history(self, name: str) -> list[dict[str, Any]]:
+        return [
+            {"version": h.get("version"), "timestamp": h.get("timestamp"), "operation": h.get("operation"), "parameters": h.get("operationParameters")}
+            for h in self.rs_table(name).open().history()
+        ]
+
+    def file_stats(self, name: str) -> dict[str, int]:
+        import pyarrow.compute as pc
+
+        adds = pa.table(self.rs_table(name).open().get_add_actions(flatten=True))
+        rows = pc.sum(adds["num_records"]).as_py() if adds.num_rows else 0
+        if adds.num_rows and adds["num_records"].null_count:  # a file without stats: count the rows
+            rows = self.read(name).count()
+        return {"files": adds.num_rows, "bytes": pc.sum(adds["size_bytes"]).as_py() or 0, "rows": rows or 0}
+
+    def compact(self, name: str, target_bytes: int, *, run_id: str, stage: str) -> dict[str, int]:
+        from deltalake import CommitProperties
+
+        props = CommitProperties(custom_metadata={"instructlake.run_id": run_id, "instructlake.stage": stage})
+        m = self.rs_table(name).open().optimize.compact(target_size=target_bytes, commit_properties=props)
+        return {"files_removed": int(m["numFilesRemoved"]), "files_added": int(m["numFilesAdded"])}
+
+    def _vacuum(self, name: str, retention_hours: int, enforce: bool) -> int | None:
+        table = self.rs_table(name).open()
+        # full: also files no commit ever referenced (the log-only mode sees only removed files).
+        return len(table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=enforce, full=True))
+
+    def _append(self, df: DataFrame, name: str, app: str) -> int:
+        return self._commit_tasks(df, name, app)
+
+    def _merge_rows(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        keys = KEYS[name]
+        self._commit_tasks(self._few_partitions(df, keys), name, self._app_id(name, stage, run_id, "update"), keys)
+
+    def _delete_keys(self, doomed: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        k = tuple(KEYS[name])
+        app = self._app_id(name, stage, run_id, f"delete-{uuid.uuid4().hex[:12]}")
+        self._commit_tasks(self._few_partitions(doomed, k), name, app, k, "delete")
+
+    def _replace_rows(self, keep: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        k = tuple(KEYS[name])
+        app = self._app_id(name, stage, run_id, f"dedup-{uuid.uuid4().hex[:12]}")
+        self._commit_tasks(self._few_partitions(keep, k), name, app, k, "replace")
+
+    def _rows(self, name: str, where: dict[str, Any] | None) -> list[dict[str, Any]]:
+        return self.rs_table(name).rows(where)
+
+    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        self.rs_table(name).upsert_where(self._arrow(rows, name), KEYS[name], when)
+
+    def _delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        self.rs_table(name).delete(self._arrow(rows, name), KEYS[name], when=when)
+
+    def _write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
+        self.rs_table(name).merge(self._arrow(rows, name), KEYS[name])
+
+
+class SparkStore(TableStore):
+    """delta-spark: path tables under run.lake_root, or metastore tables (tables.catalog); keyed writes are
+    Delta MERGEs, retried on commit conflicts, and appends use Delta's idempotent writes."""
+
+    backend = "spark"
+
+    def _delta_table(self, name: str):
+        from delta.tables import DeltaTable
+
         loc = self.location(name)
+        return DeltaTable.forName(self.spark, loc) if self.conf.tables.catalog else DeltaTable.forPath(self.spark, loc)
+
+    def _load(self, reader, name: str) -> DataFrame:
+        loc = self.location(name)
+        return reader.table(loc) if self.conf.tables.catalog else reader.load(loc)
+
+    def _merge_into(self, name: str, source: DataFrame, cond: str | None = None):
+        """A MERGE builder of `source` (s.) into the table (t.), on its keys unless `cond` is given."""
+        return self._delta_table(name).alias("t").merge(source.alias("s"), cond or _on(KEYS[name]))
+
+    def exists(self, name: str) -> bool:
+        from delta.tables import DeltaTable
+
+        loc = self.location(name)
+        if self.conf.tables.catalog:
+            return self.spark.catalog.tableExists(loc)
+        return DeltaTable.isDeltaTable(self.spark, loc)
+
+    def _create(self, name: str, schema: StructType) -> list:
+        from delta.tables import DeltaTable
+
+        loc = self.location(name)
+        t = self.conf.tables
+        # Asked first: on Unity Catalog a user may use a schema that they may not create.
+        if t.catalog and t.schema_ and not self.spark.catalog.databaseExists(f"`{t.catalog}`.`{t.schema_}`"):
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{t.catalog}`.`{t.schema_}`")
+        if t.catalog:
+            # SQL rather than the builder: its tableName() takes no three-part names outside Databricks.
+            self.spark.sql(f"CREATE TABLE IF NOT EXISTS {loc} ({_columns_ddl(schema.fields)}) USING DELTA")
+        else:
+            DeltaTable.createIfNotExists(self.spark).addColumns(schema).location(loc).execute()
+        have = set(self._delta_table(name).toDF().columns)
+        missing = [f for f in schema.fields if f.name not in have]
+        if missing:
+            target = loc if t.catalog else f"delta.`{loc}`"
+            # Added columns stay nullable: the rows already there have no value for them.
+            self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({_columns_ddl(missing, not_null=False)})")
+        return missing
+
+    def _read(self, name: str) -> DataFrame:
+        return self._load(self.spark.read.format("delta").option("versionAsOf", self._version(name)), name)
+
+    def _version(self, name: str) -> int:
+        return self._delta_table(name).history(1).select("version").first()[0]
+
+    def _history(self, name: str) -> list[dict[str, Any]]:
+        rows = self._delta_table(name).history().select("version", "timestamp", "operation", "operationParameters").collect()
+        return [{"version": r[0], "timestamp": r[1], "operation": r[2], "parameters": r[3]} for r in rows]
+
+    def file_stats(self, name: str) -> dict[str, int]:
+        detail = self._delta_table(name).detail().select("numFiles", "sizeInBytes").first()
+        return {"files": detail[0], "bytes": detail[1], "rows": self.read(name).count()}
+
+    def compact(self, name: str, target_bytes: int, *, run_id: str, stage: str) -> dict[str, int]:
+        self.spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(target_bytes))
+        m = self._delta_table(name).optimize().executeCompaction().select("metrics.numFilesRemoved", "metrics.numFilesAdded").first()
+        return {"files_removed": int(m[0] or 0), "files_added": int(m[1] or 0)}
+
+    def _vacuum(self, name: str, retention_hours: int, enforce: bool) -> int | None:
+        # Delta 4.4 ignores a RETAIN other than 0 unless told not to (it would use the table property).
+        settings = {
+            "spark.databricks.delta.retentionDurationCheck.enabled": str(enforce).lower(),
+            "spark.databricks.delta.vacuum.retentionWindowIgnore.enabled": "false",
+        }
+        previous = {k: self.spark.conf.get(k, None) for k in settings}
+        for k, v in settings.items():
+            self.spark.conf.set(k, v)
+        try:
+            table = self._delta_table(name)
+            table.vacuum(retention_hours)
+        finally:
+            for k, v in previous.items():
+                self.spark.conf.unset(k) if v is None else self.spark.conf.set(k, v)
+        last = table.history(1).select("operation", "operationMetrics").first()
+        if last and last[0] == "VACUUM END" and last[1] and "numDeletedFiles" in last[1]:
+            return int(last[1]["numDeletedFiles"])
+        return None
+
+    def _append(self, df: DataFrame, name: str, app: str) -> int:
+        # Delta's idempotent writes: a txnAppId/txnVersion pair is applied at most once.
+        before = self.version(name)
+        writer = df.write.format("delta").mode("append").option("txnAppId", app).option("txnVersion", 1)
+        loc = self.location(name)
+        writer.saveAsTable(loc) if self.conf.tables.catalog else writer.save(loc)
+        last = self._delta_table(name).history(1).select("version", "operationMetrics").first()
+        return int((last[1] or {}).get("numOutputRows", 0)) if last[0] != before else 0
+
+    def _merge_rows(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        self._retry(lambda: self._merge_into(name, df).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+    def _delete_keys(self, doomed: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        self._retry(lambda: self._merge_into(name, doomed).whenMatchedDelete().execute())
+
+    def _replace_rows(self, keep: DataFrame, name: str, *, run_id: str, stage: str) -> None:
+        # As RsTable.replace: each row twice, keyed (matches and deletes every stored copy) and with null
+        # keys (matches nothing, is inserted).
+        k = list(KEYS[name])
+        marked = keep
+        for c in k:
+            marked = marked.withColumn(f"__k_{c}", F.col(c))
+        unmarked = keep
+        for c in k:
+            unmarked = unmarked.withColumn(f"__k_{c}", F.lit(None).cast(keep.schema[c].dataType))
+        source = marked.unionByName(unmarked)
+        values = {f"`{c}`": f"s.`{c}`" for c in keep.columns}
+        self._retry(lambda: self._merge_into(name, source, _on(k, "__k_")).whenMatchedDelete().whenNotMatchedInsert(values=values).execute())
+
+    def _rows(self, name: str, where: dict[str, Any] | None) -> list[dict[str, Any]]:
         # The latest snapshot, unpinned: these reads decide a compare-and-set that Delta re-checks anyway.
-        df = self.spark.read.format("delta").table(loc) if self.conf.tables.catalog else self.spark.read.format("delta").load(loc)
+        df = self._load(self.spark.read.format("delta"), name)
         for col, value in (where or {}).items():
             df = df.filter(F.col(col) == value)
         return [
@@ -391,36 +564,21 @@ class TableStore:
             for r in df.collect()
         ]
 
-    def upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
-        """A compare-and-set on a small table: insert rows whose key is absent, update a stored row only
-        where the SQL predicate `when` (over t. the stored row, s. the new one) holds on the latest version."""
-        self.create(name)
-        if self.backend == "rs":
-            self.rs_table(name).upsert_where(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name], when)
-            return
-        self._spark_retry(lambda: self._merge_small(rows, name).whenMatchedUpdateAll(condition=when).whenNotMatchedInsertAll().execute())
+    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        self._retry(lambda: self._merge_small(rows, name).whenMatchedUpdateAll(condition=when).whenNotMatchedInsertAll().execute())
 
-    def delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
-        """Delete the stored rows keyed as in `rows` where the SQL predicate `when` holds (t. stored, s. given)."""
-        self.create(name)
-        if self.backend == "rs":
-            self.rs_table(name).delete(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name], when=when)
-            return
-        self._spark_retry(lambda: self._merge_small(rows, name).whenMatchedDelete(condition=when).execute())
+    def _delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        self._retry(lambda: self._merge_small(rows, name).whenMatchedDelete(condition=when).execute())
 
     def _merge_small(self, rows: list[dict[str, Any]], name: str):
-        """A delta-spark MERGE builder of driver-side rows into the table, on its keys."""
-        df = self.spark.createDataFrame(rows, SCHEMAS[name])
-        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in KEYS[name])
-        return self._delta_table(name).alias("t").merge(df.alias("s"), cond)
+        return self._merge_into(name, self.spark.createDataFrame(rows, SCHEMAS[name]))
 
-    def _check(self) -> None:
-        if self.guard:
-            self.guard()
+    def _write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
+        self._merge_rows(self.spark.createDataFrame(rows, SCHEMAS[name]), name, run_id=run_id, stage=stage)
 
-    def _spark_retry(self, op):
-        """Run a delta-spark MERGE/DELETE, again on a commit conflict (Delta's optimistic concurrency: a
-        concurrent writer changed what this one read); the retried operation reads the new version."""
+    def _retry(self, op):
+        """Run a delta-spark MERGE, again on a commit conflict (Delta's optimistic concurrency: a concurrent
+        writer changed what this one read); the retried operation reads the new version."""
         from delta import exceptions as E
 
         conflicts = (
@@ -437,18 +595,10 @@ class TableStore:
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
-    def write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
-        """Upsert a few driver-side rows (run records): no Spark job on the rs backend."""
-        self.create(name)
-        if self.backend == "rs":
-            self.rs_table(name).merge(pa.Table.from_pylist(rows, schema=arrow_schema(SCHEMAS[name])), KEYS[name])
-            return
-        self._merge_rows(self.spark.createDataFrame(rows, SCHEMAS[name]), name, run_id=run_id, stage=stage)
 
-    def _conform(self, df: DataFrame, name: str) -> DataFrame:
-        """Select the contract's columns in order, cast to its types; fail on missing columns."""
-        schema = SCHEMAS[name]
-        missing = [f.name for f in schema.fields if f.name not in df.columns]
-        if missing:
-            raise ValueError(f"table {name}: DataFrame lacks columns {missing}")
-        return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+def open_store(spark: SparkSession, conf: Config, backend: str) -> TableStore:
+    """The store of `backend` ('rs' or 'spark', as session.choose_backend answers)."""
+    classes = {c.backend: c for c in (RsStore, SparkStore)}
+    if backend not in classes:
+        raise ValueError(f"unknown delta backend {backend!r}")
+    return classes[backend](spark, conf)
