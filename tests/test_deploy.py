@@ -352,6 +352,13 @@ def test_the_wheel_carries_the_default_config(submitted, tmp_path):
     assert out.stdout.strip() == str(tmp_path / "site" / "instructlake" / "jobs" / "conf" / "default.yaml")
 
 
+def test_the_wheel_carries_every_module(submitted):
+    """setup.py names its packages one by one, so a subpackage (jobs/curate/) ships only once it is listed."""
+    (wheel,) = submitted["dist"].glob("instructlake-*.whl")
+    sources = {f"instructlake/{p.relative_to(REPO).as_posix()}" for d in ("jobs", "udfs") for p in (REPO / d).rglob("*.py")}
+    assert sources - set(zipfile.ZipFile(wheel).namelist()) == set()
+
+
 def _submit_py(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(DEPLOY / "submit.py"), *args], capture_output=True, text=True, env=env, timeout=120

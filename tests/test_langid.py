@@ -127,7 +127,7 @@ def test_detect_keeps_index_and_handles_empty_batch() -> None:
 
 def test_langid_knobs_reach_the_udf_options() -> None:
     from instructlake.jobs.config import load_config
-    from instructlake.jobs.curate import lang_options
+    from instructlake.jobs.curate.common import lang_options
 
     conf = load_config([], ["curate.langid.candidates=[en, ja]", "curate.langid.raw_below=0.4", "curate.langid.candidates_k=5"])
     opts = lang_options(conf.curate)
