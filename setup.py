@@ -38,7 +38,7 @@ setup(
     # so executors import instructlake.udfs, never a bare top-level `udfs`.
     # conf/ ships inside the package so an installed wheel (Databricks, spark-submit) finds default.yaml.
     package_dir={"instructlake.jobs": "jobs", "instructlake.udfs": "udfs", "instructlake.jobs.conf": "conf"},
-    packages=["instructlake.jobs", "instructlake.jobs.curate", "instructlake.udfs", "instructlake.jobs.conf"],
+    packages=["instructlake.jobs", "instructlake.jobs.curate", "instructlake.jobs.llm", "instructlake.udfs", "instructlake.jobs.conf"],
     package_data={"instructlake.jobs.conf": ["*.yaml", "models/*.yaml"]},
     install_requires=BASE,
     extras_require={

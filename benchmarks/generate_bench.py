@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     from instructlake.jobs.config import load_config
-    from instructlake.jobs.llm import engine_spec, resolve_model
+    from instructlake.jobs.llm.models import engine_spec, resolve_model
 
     conf = load_config([REPO / "conf" / "local.yaml"], [f"run.work_dir={args.work_dir}", f"generate.model_conf={args.model_conf}", *args.set])
     model = resolve_model(conf.generate, conf)

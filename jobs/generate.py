@@ -1,9 +1,9 @@
 """Generate: prompts (and/or their translations) -> `responses` (n samples per prompt) + `generation_errors`.
 
-Selects prompts (languages, seeded fraction, limit: `jobs.llm.select_prompts`), leaves out those already
+Selects prompts (languages, seeded fraction, limit: `jobs.llm.select.select_prompts`), leaves out those already
 answered with the same model and generation config (anti-join on responses by prompt_id + gen_config_id)
 and those that failed for good or too often (generation_errors), then runs the engine job
-(`jobs.llm.LLMJob`): `tasks` engine tasks, one engine per Spark Python worker, chunks committed during
+(`jobs.llm.job.LLMJob`): `tasks` engine tasks, one engine per Spark Python worker, chunks committed during
 the task. A re-run after a crash answers exactly the prompts still missing; a re-run after a complete run
 writes nothing.
 
@@ -25,18 +25,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from instructlake.jobs.config import GenerateConf
-from instructlake.jobs.llm import (
-    LLMJob,
-    ResolvedModel,
-    base_gen_config,
-    llm_task,
-    prior_errors,
-    resolve_model,
-    sample,
-    select_prompts,
-)
+from instructlake.jobs.llm.job import LLMJob
+from instructlake.jobs.llm.models import ResolvedModel, base_gen_config, llm_task, resolve_model
+from instructlake.jobs.llm.select import prior_errors, sample, select_prompts
 from instructlake.jobs.runs import Context, StageResult
-from instructlake.udfs.generation import RESPOND, RESPOND_TRANSLATED, LLMTask
+from instructlake.udfs.generation import LLMTask
+from instructlake.udfs.kinds import RESPOND, RESPOND_TRANSLATED
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +61,7 @@ def build_task(ctx: Context, conf: GenerateConf | None = None) -> tuple[Resolved
     conf = conf or ctx.conf.generate
     model = resolve_model(conf, ctx.conf)
     return model, llm_task(
-        ctx, conf, model, "respond",
+        ctx, conf, model, RESPOND,
         gen_config=base_gen_config(model, system_prompt=conf.system_prompt),
         system_prompt=conf.system_prompt,
     )  # fmt: skip
@@ -108,7 +102,7 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
         if len(models) > 1:
             raise ValueError("an injected task replaces the one model's task: generate.models must be empty")
         models = [(models[0][0], models[0][1], task)]
-    first = LLMJob(ctx, "generate", conf, models[0][2], "responses")
+    first = LLMJob(ctx, "generate", conf, models[0][2])
     recovered = first.recover()  # one staging dir for every model
     selected, kinds = select_inputs(ctx, conf)
     if len(models) > 1:  # every model answers the same selection: compute it once
@@ -130,7 +124,7 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
 def _run_model(ctx: Context, conf: GenerateConf, model: ResolvedModel, task: LLMTask, selected: DataFrame, kinds: list[str]) -> dict:
     """One model's engine job over the selection: what this model already answered with this config, or
     gave up on, is left out (resume is per model); its stats."""
-    job = LLMJob(ctx, "generate", conf, task, "responses")
+    job = LLMJob(ctx, "generate", conf, task)
     gids = {kind: task.config_id(kind) for kind in kinds}
     gid = F.lit(None).cast("string")
     for kind, value in gids.items():

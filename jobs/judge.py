@@ -21,16 +21,19 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from instructlake.jobs.config import JudgeConf
-from instructlake.jobs.llm import LLMJob, base_gen_config, digest, llm_task, prior_errors, resolve_model, sample
+from instructlake.jobs.llm.job import LLMJob
+from instructlake.jobs.llm.models import base_gen_config, digest, llm_task, resolve_model
+from instructlake.jobs.llm.select import prior_errors, sample
 from instructlake.jobs.runs import Context, StageResult
-from instructlake.udfs.generation import JUDGE, LLMTask
+from instructlake.udfs.generation import LLMTask
+from instructlake.udfs.kinds import JUDGE
 from instructlake.udfs.prompts import JUDGE_TEMPLATE, check_template
 
 log = logging.getLogger(__name__)
 
 
 def select_responses(ctx: Context, conf: JudgeConf) -> DataFrame:
-    """The responses to judge, as engine-job rows (udfs.generation.JUDGE_COLUMNS without task/attempt)."""
+    """The responses to judge, as engine-job rows (the judge kind's input columns without task/attempt)."""
     df = ctx.store.read("responses")
     if conf.response_tasks:
         df = df.filter(F.col("task").isin(conf.response_tasks))
@@ -64,7 +67,7 @@ def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
     """The stage; `task` replaces the configured engine task (tests inject per-request faults so)."""
     conf = ctx.conf.judge
     task = task or build_task(ctx)
-    job = LLMJob(ctx, "judge", conf, task, "judgements")
+    job = LLMJob(ctx, "judge", conf, task)
     recovered = job.recover()
     gid = task.config_id(JUDGE)
 

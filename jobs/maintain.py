@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 
-from instructlake.jobs.llm import remove_stale_temps, staging_root
+from instructlake.jobs.llm.staging import staging_root
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.jobs.tables import SCHEMAS
+from instructlake.udfs.sinks import remove_stale_temps
 
 log = logging.getLogger(__name__)
 

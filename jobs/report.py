@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from instructlake.jobs.export import judge_scores
-from instructlake.jobs.llm import error_status
+from instructlake.jobs.llm.select import error_status
 from instructlake.jobs.runs import Context, StageResult, latest_stats, utcnow
 from instructlake.udfs.curate import PER_ITEM_REASON
 

@@ -28,9 +28,12 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from instructlake.jobs.llm import LLMJob, ResolvedModel, base_gen_config, digest, llm_task, prior_errors, resolve_model, select_prompts
+from instructlake.jobs.llm.job import LLMJob
+from instructlake.jobs.llm.models import ResolvedModel, base_gen_config, digest, llm_task, resolve_model
+from instructlake.jobs.llm.select import prior_errors, select_prompts
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs import generation as G
+from instructlake.udfs import kinds as K
 from instructlake.udfs.prompts import INSTRUCT_TEMPLATE, JUDGE_TEMPLATE, PASSAGE_TEMPLATE, TRANSLATE_TEMPLATE, check_template
 from instructlake.udfs.text import normalize, prompt_id
 
@@ -51,14 +54,14 @@ class _Steps:
         self.stats: dict[str, dict] = {}
 
     def task(self, step: str, template: str, after: str | None, system: str | None = None) -> G.LLMTask:
-        model = self.model if step == G.INSTRUCT else self.greedy
+        model = self.model if step == K.INSTRUCT else self.greedy
         gen_config = base_gen_config(model, template=digest(template), system_prompt=system, after=after and self.gids[after])
-        return llm_task(self.ctx, self.conf, model, G.REVERSE, gen_config=gen_config, template=template, system_prompt=system)
+        return llm_task(self.ctx, self.conf, model, step, gen_config=gen_config, template=template, system_prompt=system)
 
     def run(self, step: str, task: G.LLMTask, selected: DataFrame) -> DataFrame:
         """Run `step` on `selected` (fragment rows: prompt_id, text, lang, answer); its usable outputs now."""
         self.gids[step] = gid = task.config_id(step)
-        job = LLMJob(self.ctx, STAGE, self.conf, task, STEPS)
+        job = LLMJob(self.ctx, STAGE, self.conf, task)
         if not self.stats:  # what an earlier, crashed run staged: once, before the first step reads
             job.recover()
         rows = selected.select(
@@ -85,7 +88,7 @@ def _ids(model: str, gid: str):
         for b in batches:
             texts = [normalize(t) for t in b["prompt_text"]]  # the prompt as curate would keep it
             pids = [prompt_id(t) for t in texts]
-            yield b.assign(prompt_text=texts, prompt_id=pids, response_id=[G.response_id(p, model, gid, 0) for p in pids])
+            yield b.assign(prompt_text=texts, prompt_id=pids, response_id=[K.response_id(p, model, gid, 0) for p in pids])
 
     return add
 
@@ -107,27 +110,27 @@ def run(ctx: Context) -> StageResult:
         n_fragments = fragments.count()
         native = fragments.filter(F.col("lang") != "en")
 
-        to_en = steps.task(G.TO_EN, check_template(conf.passage_template or PASSAGE_TEMPLATE, "reverse.passage_template", "text"), None)
-        english = steps.run(G.TO_EN, to_en, native)
+        to_en = steps.task(K.TO_EN, check_template(conf.passage_template or PASSAGE_TEMPLATE, "reverse.passage_template", "text"), None)
+        english = steps.run(K.TO_EN, to_en, native)
         passages = fragments.filter(F.col("lang") == "en").select("prompt_id", "lang", F.col("text").alias("passage")).unionByName(
             english.select(F.col("fragment_id").alias("prompt_id"), "lang", F.col("text").alias("passage"))
         )
 
-        instruct = steps.task(G.INSTRUCT, check_template(conf.instruct_template or INSTRUCT_TEMPLATE, "reverse.instruct_template", "text"), G.TO_EN)
-        instructions = steps.run(G.INSTRUCT, instruct, passages.select("prompt_id", "lang", F.col("passage").alias("text"), F.lit(None).cast("string").alias("answer")))
+        instruct = steps.task(K.INSTRUCT, check_template(conf.instruct_template or INSTRUCT_TEMPLATE, "reverse.instruct_template", "text"), K.TO_EN)
+        instructions = steps.run(K.INSTRUCT, instruct, passages.select("prompt_id", "lang", F.col("passage").alias("text"), F.lit(None).cast("string").alias("answer")))
         pairs = instructions.select(F.col("fragment_id").alias("prompt_id"), F.col("text").alias("instruction")).join(passages, "prompt_id")
 
         score_template = check_template(conf.score_template or JUDGE_TEMPLATE, "reverse.score_template", "question", "answer")
-        score = steps.task(G.SCORE, score_template, G.INSTRUCT, system=conf.score_system_prompt)
-        scored = steps.run(G.SCORE, score, pairs.select("prompt_id", "lang", F.col("instruction").alias("text"), F.col("passage").alias("answer")))
+        score = steps.task(K.SCORE, score_template, K.INSTRUCT, system=conf.score_system_prompt)
+        scored = steps.run(K.SCORE, score, pairs.select("prompt_id", "lang", F.col("instruction").alias("text"), F.col("passage").alias("answer")))
         kept = pairs.join(scored.select(F.col("fragment_id").alias("prompt_id"), "score"), "prompt_id")
         if conf.min_score is not None:
             kept = kept.filter(F.col("score") >= conf.min_score)
         kept = kept.persist()
         n_kept = kept.count()
 
-        to_native = steps.task(G.TO_NATIVE, check_template(conf.back_template or TRANSLATE_TEMPLATE, "reverse.back_template", "text"), G.SCORE)
-        back = steps.run(G.TO_NATIVE, to_native, kept.filter(F.col("lang") != "en").select("prompt_id", "lang", F.col("instruction").alias("text"), F.lit(None).cast("string").alias("answer")))
+        to_native = steps.task(K.TO_NATIVE, check_template(conf.back_template or TRANSLATE_TEMPLATE, "reverse.back_template", "text"), K.SCORE)
+        back = steps.run(K.TO_NATIVE, to_native, kept.filter(F.col("lang") != "en").select("prompt_id", "lang", F.col("instruction").alias("text"), F.lit(None).cast("string").alias("answer")))
         native_instructions = kept.filter(F.col("lang") == "en").select("prompt_id", F.col("instruction").alias("prompt_text"), "score").unionByName(
             back.select(F.col("fragment_id").alias("prompt_id"), F.col("text").alias("prompt_text")).join(kept.select("prompt_id", "score"), "prompt_id")
         )
@@ -137,7 +140,7 @@ def run(ctx: Context) -> StageResult:
         fragments.unpersist()
     stats = {
         "model": model.name, "fragments": n_fragments, "steps": steps.stats, "gen_config_ids": steps.gids,
-        "scored_pairs": steps.stats[G.SCORE]["usable"], "kept_pairs": n_kept, "min_score": conf.min_score,
+        "scored_pairs": steps.stats[K.SCORE]["usable"], "kept_pairs": n_kept, "min_score": conf.min_score,
         "pairs": n_pairs, "repeated_instructions": n_repeated, "responses": {"inserted": written.inserted, "updated": written.updated, "deleted": deleted},
     }  # fmt: skip
     errors = sum(s["errors"] for s in steps.stats.values())

@@ -1,6 +1,6 @@
 """Translate: selected prompts -> `translations` (the paper's Japanese instruction sets), + `generation_errors`.
 
-Same machinery as generate (jobs.llm): prompt selection (languages, seeded fraction, limit), the engine job
+Same machinery as generate (jobs.llm, kind udfs.kinds.Translate): prompt selection (languages, seeded fraction, limit), the engine job
 with chunked commits during the task, per-row errors. A prompt is translated once per (target language,
 model, generation config); a new config (template, sampling) re-translates and replaces the row, whose key
 is (prompt_id, target_lang, model). translated_prompt_id = prompt_id(normalized translated text), the id
@@ -13,17 +13,11 @@ import logging
 
 from pyspark.sql import functions as F
 
-from instructlake.jobs.llm import (
-    LLMJob,
-    base_gen_config,
-    digest,
-    llm_task,
-    prior_errors,
-    resolve_model,
-    select_prompts,
-)
+from instructlake.jobs.llm.job import LLMJob
+from instructlake.jobs.llm.models import base_gen_config, digest, llm_task, resolve_model
+from instructlake.jobs.llm.select import prior_errors, select_prompts
 from instructlake.jobs.runs import Context, StageResult
-from instructlake.udfs.generation import TRANSLATE
+from instructlake.udfs.kinds import TRANSLATE
 from instructlake.udfs.prompts import TRANSLATE_TEMPLATE, check_template
 
 log = logging.getLogger(__name__)
@@ -41,7 +35,7 @@ def run(ctx: Context) -> StageResult:
         target_lang=conf.target_lang,
         template=template,
     )  # fmt: skip
-    job = LLMJob(ctx, "translate", conf, task, "translations")
+    job = LLMJob(ctx, "translate", conf, task)
     recovered = job.recover()
     gid = task.config_id(TRANSLATE)
 

@@ -194,7 +194,7 @@ def test_pipeline_on_the_cluster_gives_engine_tasks_distinct_gpus(cluster, scrat
     assert gpu_stages, profiles
     # Only the engine job's stage asked for GPUs; every other stage ran with the default profile, whose
     # tasks request none: curate, quality and the rest held no GPU.
-    assert all("llm.py" in stage_profile[sid][0] for sid in gpu_stages), stage_profile
+    assert all("job.py" in stage_profile[sid][0] for sid in gpu_stages), stage_profile  # jobs/llm/job.py: the engine job
     assert {rp for sid, (_, rp) in stage_profile.items() if sid not in gpu_stages} == {0}
     assert "gpu" not in profiles[0]["Task Resource Requests"] and "gpu" in profiles[0]["Executor Resource Requests"]
     (gpu_rp,) = {stage_profile[sid][1] for sid in gpu_stages}

@@ -161,7 +161,7 @@ def test_model_file_matches_the_engine_contract(path):
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)
 def test_model_file_loads_with_the_llm_stages_loader(path):
-    from instructlake.jobs.llm import ModelFile
+    from instructlake.jobs.llm.models import ModelFile
 
     ModelFile.model_validate(yaml.safe_load(path.read_text()))
 

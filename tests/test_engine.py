@@ -270,7 +270,7 @@ def test_gpu_lock_makes_a_second_engine_wait_for_the_first_process(tmp_path: Pat
 
 
 def test_scripted_engine_replies_by_rule_deterministically() -> None:
-    from instructlake.jobs.llm import find_conf_file
+    from instructlake.jobs.llm.models import find_conf_file
     from instructlake.udfs.prompts import judge_messages, translate_messages
 
     spec = yaml.safe_load(find_conf_file("conf/models/scripted.yaml").read_text())

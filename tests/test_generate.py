@@ -20,10 +20,14 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from instructlake.jobs import generate, llm
+from instructlake.jobs import generate
+from instructlake.jobs.llm import job as llm_job, models as llm_models, select as llm_select, staging as llm_staging
+from instructlake.jobs import store
+from instructlake.udfs import sinks
 from instructlake.jobs.runs import STAGES, run_stage
 from instructlake.jobs.tables import SCHEMAS
 from instructlake.udfs import generation as G
+from instructlake.udfs import kinds as K
 from instructlake.udfs.text import normalize, prompt_id
 
 from .conftest import REPO
@@ -83,7 +87,7 @@ def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_d
     assert sorted(set(df.prompt_id)) == sorted(ids) and (df.groupby("prompt_id").size() == 2).all()
     gid = result.stats["gen_config_ids"]["respond"]
     assert (df.gen_config_id == gid).all() and (df.model == "tiny-chat").all() and (df.task == "respond").all()
-    expected_ids = {G.response_id(p, "tiny-chat", gid, i) for p in ids for i in range(2)}
+    expected_ids = {K.response_id(p, "tiny-chat", gid, i) for p in ids for i in range(2)}
     assert set(df.response_id) == expected_ids
     assert (df.origin_prompt_id == df.prompt_id).all() and set(df.lang) == {"en", "ja"}
     assert (df.temperature == 0.6).all() and (df.top_p == 1.0).all() and (df.max_tokens == 16).all() and (df.n == 2).all()
@@ -101,7 +105,7 @@ def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_d
 
     # The reference: one plain vllm.LLM + LLM.chat call in a process of its own, same prompts and seeds.
     texts = dict(zip(ids, [normalize(t) for t, _ in prompts[:5] + prompts[-3:]]))
-    model_file = llm.ModelFile.model_validate(__import__("yaml").safe_load((REPO / "conf/models/tiny-local.yaml").read_text()))
+    model_file = llm_models.ModelFile.model_validate(__import__("yaml").safe_load((REPO / "conf/models/tiny-local.yaml").read_text()))
     spec = {
         "engine_args": model_file.engine_args,
         "requests": [
@@ -160,7 +164,7 @@ def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts
     again = run_stage(make_ctx("generate.tasks=2"), "generate")
     assert again.rows_in == 7 and again.stats["given_up"] == 1 and again.stats["done_before"] == 5
     assert again.rows_out == 2 and set(responses(ctx).prompt_id) == set(ids) - {huge_id}
-    status = llm.error_status(ctx.store).toPandas().set_index("prompt_id")["resolved"].to_dict()
+    status = llm_select.error_status(ctx.store).toPandas().set_index("prompt_id")["resolved"].to_dict()
     assert status == {bad: True, huge_id: False}  # the retried request was answered; its error row is history
 
 
@@ -218,20 +222,20 @@ def test_prompts_raw_input_uses_text_hash_ids(make_ctx, spark):
         for i, (t, lang) in enumerate([("Why is the sky blue?", "en"), ("Why is the sky blue?", "en"), ("空は青い", "ja")])
     ]
     ctx.store.append(spark.createDataFrame(rows, SCHEMAS["prompts_raw"]), "prompts_raw", run_id="r", stage="test")
-    selected = llm.select_prompts(ctx, ctx.conf.generate).toPandas()
+    selected = llm_select.select_prompts(ctx, ctx.conf.generate).toPandas()
     assert list(selected.prompt_id) == [prompt_id("Why is the sky blue?")] and list(selected.lang) == ["en"]
     auto = ctx.conf.generate.model_copy(update={"input": "auto"})
-    assert llm.prompt_table(ctx, auto) == "prompts"  # curate is in the default pipeline
-    assert llm.prompt_table(make_ctx("pipeline.stages=[ingest, generate]"), auto) == "prompts_raw"
+    assert llm_select.prompt_table(ctx, auto) == "prompts"  # curate is in the default pipeline
+    assert llm_select.prompt_table(make_ctx("pipeline.stages=[ingest, generate]"), auto) == "prompts_raw"
 
 
 def test_selection_is_stable_across_partitionings(spark):
     df = spark.createDataFrame([(prompt_id(str(i)), str(i), "en" if i % 3 else "ja") for i in range(300)], "prompt_id string, text string, lang string")
     picks = [
-        {r.prompt_id for r in llm.sample(df.repartition(k), ["en"], 0.5, 40, 7).collect()} for k in (1, 5, 9)
+        {r.prompt_id for r in llm_select.sample(df.repartition(k), ["en"], 0.5, 40, 7).collect()} for k in (1, 5, 9)
     ]
     assert picks[0] == picks[1] == picks[2] and len(picks[0]) == 40
-    assert {r.prompt_id for r in llm.sample(df, ["en"], 0.5, 40, 8).collect()} != picks[0]  # the seed matters
+    assert {r.prompt_id for r in llm_select.sample(df, ["en"], 0.5, 40, 8).collect()} != picks[0]  # the seed matters
 
 
 # ---- the staged commit path (delta-spark's), tested on delta-rs ------------------------------------------
@@ -239,7 +243,7 @@ def test_selection_is_stable_across_partitionings(spark):
 
 def _response_rows(pids: list[str], run_id: str = "r1", text: str = "t") -> list[dict]:
     return [
-        dict(response_id=G.response_id(p, "m", "g", i), prompt_id=p, origin_prompt_id=p, task="respond", lang="en",
+        dict(response_id=K.response_id(p, "m", "g", i), prompt_id=p, origin_prompt_id=p, task="respond", lang="en",
              model="m", gen_config_id="g", sample_index=i, n=2, text=text, run_id=run_id, created_at=NOW)
         for p in pids for i in range(2)
     ]  # fmt: skip
@@ -248,8 +252,8 @@ def _response_rows(pids: list[str], run_id: str = "r1", text: str = "t") -> list
 def test_commit_staged_merges_once_and_cleans_up(make_ctx, tmp_path):
     ctx = make_ctx()
     root = str(tmp_path / "staging")
-    schemas = {n: llm.arrow_schema(SCHEMAS[n]) for n in ("responses", "generation_errors")}
-    sink = llm.StagingSink(root, schemas, ("responses", "generation_errors"), "generate-r1-abc")
+    schemas = {n: store.arrow_schema(SCHEMAS[n]) for n in ("responses", "generation_errors")}
+    sink = sinks.StagingSink(root, schemas, ("responses", "generation_errors"), "generate-r1-abc")
     assert not sink.done("0-0")
     assert sink.commit("0-0", {"responses": _response_rows(["a", "b"]), "generation_errors": []})
     assert sink.commit("1-0", {"responses": _response_rows(["c"]), "generation_errors": [
@@ -258,17 +262,17 @@ def test_commit_staged_merges_once_and_cleans_up(make_ctx, tmp_path):
     sink.commit("1-1", {"responses": _response_rows(["c"], text="t")})  # the same keys staged twice
     assert sink.done("0-0") and sink.done("1-0")
     (tmp_path / "staging" / "responses" / ".tmp-deadbeef-x.parquet").write_bytes(b"partial")  # a killed writer's
-    assert len(llm.staged_files(root, "responses")) == 3
+    assert len(sinks.staged_files(root, "responses")) == 3
 
     names = ("responses", "generation_errors")
-    out = llm.commit_staged(ctx.store, root, names, run_id="r2", stage="generate")
+    out = llm_staging.commit_staged(ctx.store, root, names, run_id="r2", stage="generate")
     assert out["responses"]["inserted"] == 6 and out["generation_errors"]["inserted"] == 1
-    assert llm.staged_files(root, "responses") == [] and ctx.store.read("responses").count() == 6
+    assert sinks.staged_files(root, "responses") == [] and ctx.store.read("responses").count() == 6
     versions = [ctx.store.version(n) for n in names]
-    assert llm.commit_staged(ctx.store, root, names, run_id="r3", stage="generate") == {}
+    assert llm_staging.commit_staged(ctx.store, root, names, run_id="r3", stage="generate") == {}
     # A crash between merge and delete: the same rows staged again merge into nothing.
     sink.commit("0-0", {"responses": _response_rows(["a", "b"])})
-    assert llm.commit_staged(ctx.store, root, names, run_id="r4", stage="generate")["responses"]["inserted"] == 0
+    assert llm_staging.commit_staged(ctx.store, root, names, run_id="r4", stage="generate")["responses"]["inserted"] == 0
     assert [ctx.store.version(n) for n in names] == versions
 
 
@@ -278,7 +282,7 @@ def test_staged_chunks_of_a_crashed_driver_are_recovered_by_the_next_run(make_ct
     ids = seed_prompts(ctx, prompts[:4])
     model, task = generate.build_task(ctx)
     # What a driver that died mid-job leaves: chunks staged by its tasks, never merged.
-    sink = llm.StagingSink(str(staging), {n: llm.arrow_schema(SCHEMAS[n]) for n in ("responses", "generation_errors")},
+    sink = sinks.StagingSink(str(staging), {n: store.arrow_schema(SCHEMAS[n]) for n in ("responses", "generation_errors")},
                            ("responses", "generation_errors"), "generate-dead-0")  # fmt: skip
     frame = __import__("pandas").DataFrame(
         dict(prompt_id=ids[:2], origin_prompt_id=ids[:2], task="respond", lang="en", text=["x", "y"], attempt=1)
@@ -288,7 +292,7 @@ def test_staged_chunks_of_a_crashed_driver_are_recovered_by_the_next_run(make_ct
     result = run_stage(ctx, "generate")
     assert result.stats["recovered"]["responses"]["inserted"] == 4
     assert result.stats["done_before"] == 2 and result.rows_out == 4  # only the other two prompts ran
-    assert result.stats["commit"] == "staged" and llm.staged_files(str(staging), "responses") == []
+    assert result.stats["commit"] == "staged" and sinks.staged_files(str(staging), "responses") == []
     assert (responses(ctx).groupby("prompt_id").size() == 2).all()
 
 
@@ -370,7 +374,7 @@ def test_several_models_answer_the_same_prompts_and_each_resumes_on_its_own(make
 def test_ids_and_seeds_are_deterministic():
     assert G.request_seed(0, "p") == G.request_seed(0, "p") != G.request_seed(1, "p")
     assert 0 <= G.request_seed(123, "x") < 2**31
-    assert G.response_id("p", "m", "g", 0) != G.response_id("p", "m", "g", 1)
+    assert K.response_id("p", "m", "g", 0) != K.response_id("p", "m", "g", 1)
     base = {"model": "m", "n": 2}
     assert G.gen_config_id(base) == G.gen_config_id(dict(reversed(base.items())))
     task = G.LLMTask("respond", "m", {}, G.E.SamplingConfig(n=2, temperature=0.6, max_tokens=8), base, "r", 8, 8, 30.0)
@@ -401,16 +405,16 @@ def test_gpu_resource_profile_plan(spark):
 
     off = GpuConf(enabled=False, per_task=None, task_cpus=1, executor_gpus=0, executor_cores=None, executor_memory=None,
                   executor_memory_overhead=None, discovery_script=None, vendor=None)  # fmt: skip
-    assert llm.gpu_profile(off, {"tensor_parallel_size": 4}) is None  # CPU: no profile at all
+    assert llm_job.gpu_profile(off, {"tensor_parallel_size": 4}) is None  # CPU: no profile at all
     on = off.model_copy(update={"enabled": True, "task_cpus": 4})
-    profile = llm.gpu_profile(on, {"tensor_parallel_size": 4})
+    profile = llm_job.gpu_profile(on, {"tensor_parallel_size": 4})
     assert profile.taskResources["gpu"].amount == 4 and profile.taskResources["cpus"].amount == 4
     assert profile.executorResources == {}  # task requests only: runs on the application's GPU executors
     own = on.model_copy(update={"executor_gpus": 8, "executor_cores": 16, "discovery_script": "./getGpusResources.sh"})
-    profile = llm.gpu_profile(own, {"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    profile = llm_job.gpu_profile(own, {"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
     assert profile.taskResources["gpu"].amount == 4
     assert profile.executorResources["gpu"].amount == 8 and profile.executorResources["cores"].amount == 16
-    assert llm.gpus_per_task(on.model_copy(update={"per_task": 1}), {"tensor_parallel_size": 8}) == 1
+    assert llm_job.gpus_per_task(on.model_copy(update={"per_task": 1}), {"tensor_parallel_size": 8}) == 1
 
 
 @pytest.mark.parametrize("backend", ["rs"], indirect=True)  # backend-neutral flow: see conftest
@@ -424,12 +428,12 @@ def test_generate_on_a_gpu(make_ctx, prompts):
 
 
 def test_import_of_the_executor_module_loads_no_engine():
-    code = "import sys, instructlake.udfs.generation, instructlake.jobs.llm; print('vllm' in sys.modules or 'torch' in sys.modules)"
+    code = "import sys, instructlake.udfs.generation, instructlake.jobs.llm.job; print('vllm' in sys.modules or 'torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
 
 
 def test_staging_write_is_atomic_on_local_disk(tmp_path):
-    fs, base = llm._filesystem(str(tmp_path))
-    llm.stage_file(fs, f"{base}/t/x.parquet", pa.table({"a": [1, 2]}))
+    fs, base = sinks.filesystem(str(tmp_path))
+    sinks.stage_file(fs, f"{base}/t/x.parquet", pa.table({"a": [1, 2]}))
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["x.parquet"]  # no temp file left behind

@@ -23,10 +23,13 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from instructlake.jobs import judge, llm
+from instructlake.jobs import judge
+from instructlake.jobs.llm import models as llm_models
+from instructlake.udfs import sinks
 from instructlake.jobs.runs import STAGES, run_stage
 from instructlake.jobs.tables import KEYS, SCHEMAS
 from instructlake.udfs import generation as G
+from instructlake.udfs import kinds as K
 from instructlake.udfs.prompts import JUDGE_SYSTEM, judge_messages, parse_judge_score
 from instructlake.udfs.text import content_hash, prompt_id
 
@@ -117,7 +120,7 @@ def test_judge_every_response_errors_and_resume(make_ctx, shared_data, work_dir,
     # Greedy judging through Spark equals a plain vllm.LLM.chat over the same judge prompts.
     picked = generated.iloc[[0, 3]]
     spec = {
-        "engine_args": llm.ModelFile.model_validate(
+        "engine_args": llm_models.ModelFile.model_validate(
             __import__("yaml").safe_load((REPO / "conf/models/tiny-local.yaml").read_text())
         ).engine_args,
         "requests": [
@@ -155,14 +158,14 @@ def test_judge_selection_config_and_staged_commits(make_ctx, tmp_path):
     selected = judge.select_responses(ctx, ctx.conf.judge).toPandas()
     assert set(selected.prompt_id) == en_ids  # the engine job's key column carries the response id
     assert set(selected.origin_prompt_id) == {prompt_id("Question number 0?"), prompt_id("Question number 1?")}
-    assert set(selected.columns) == set(G.JUDGE_COLUMNS) - {"task", "attempt"}
+    assert set(selected.columns) == set(K.INPUT_COLUMNS + K.kind("judge").extra_inputs) - {"task", "attempt"}
     limited = judge.select_responses(ctx, ctx.conf.judge.model_copy(update={"limit": 2, "sample_seed": 3})).toPandas()
     assert len(limited) == 2 and set(limited.prompt_id) <= en_ids
 
     result = run_stage(ctx, "judge")  # staged: Parquet files the driver merges on (response_id, judge_model)
     df = judgements(ctx)
     assert result.stats["commit"] == "staged" and result.rows_out == len(df) == 4 and set(df.response_id) == en_ids
-    assert llm.staged_files(str(staging), "judgements") == [] and result.stats["staged"]["judgements"]["inserted"] == 4
+    assert sinks.staged_files(str(staging), "judgements") == [] and result.stats["staged"]["judgements"]["inserted"] == 4
 
     # Another judge config (template) judges again and replaces the rows: one row per response and judge model.
     template = "Q: {question}\nA: {answer}\nScore 0-10 as [[n]]."

@@ -15,10 +15,10 @@ import json
 
 import pytest
 
-from instructlake.jobs import llm
+from instructlake.jobs.llm import models as llm_models, select as llm_select
 from instructlake.jobs.runs import run_stage
 from instructlake.jobs.tables import SCHEMAS
-from instructlake.udfs import generation as G
+from instructlake.udfs import kinds as K
 from instructlake.udfs.text import normalize, prompt_id
 
 from .test_generate import real_prompts
@@ -59,11 +59,11 @@ def steps(ctx):
 def test_corpus_fragments_are_never_prompts(make_ctx, lake):
     fragments, prompts = lake
     ctx = make_ctx()
-    assert {r.prompt_id for r in llm.select_prompts(ctx, ctx.conf.generate).collect()} == prompts
-    assert {r.prompt_id for r in llm.select_prompts(ctx, ctx.conf.reverse, corpora="only").collect()} == set(fragments)
+    assert {r.prompt_id for r in llm_select.select_prompts(ctx, ctx.conf.generate).collect()} == prompts
+    assert {r.prompt_id for r in llm_select.select_prompts(ctx, ctx.conf.reverse, corpora="only").collect()} == set(fragments)
     with pytest.raises(ValueError, match="reverse.sources is empty"):
         bare = make_ctx("reverse.sources=[]")
-        llm.select_prompts(bare, bare.conf.reverse, corpora="only")
+        llm_select.select_prompts(bare, bare.conf.reverse, corpora="only")
 
 
 def test_four_steps_then_pairs_in_responses(make_ctx, lake):
@@ -73,16 +73,16 @@ def test_four_steps_then_pairs_in_responses(make_ctx, lake):
     df = steps(ctx)
     by_step = {s: g.set_index("fragment_id") for s, g in df.groupby("step")}
     native = {f for f, d in fragments.items() if d["lang"] != "en"}
-    assert set(by_step[G.TO_EN].index) == native  # English fragments skip the first step
-    assert set(by_step[G.INSTRUCT].index) == set(by_step[G.SCORE].index) == set(fragments)
-    assert set(by_step[G.TO_NATIVE].index) == native
+    assert set(by_step[K.TO_EN].index) == native  # English fragments skip the first step
+    assert set(by_step[K.INSTRUCT].index) == set(by_step[K.SCORE].index) == set(fragments)
+    assert set(by_step[K.TO_NATIVE].index) == native
     for f, d in fragments.items():
-        passage = by_step[G.TO_EN].loc[f, "text"] if f in native else d["text"]
-        assert by_step[G.TO_EN].loc[f, "input"] == d["text"] if f in native else True
-        assert by_step[G.INSTRUCT].loc[f, "input"] == passage  # the instruction is written for the English passage
-        assert by_step[G.SCORE].loc[f, "input"] == by_step[G.INSTRUCT].loc[f, "text"]
+        passage = by_step[K.TO_EN].loc[f, "text"] if f in native else d["text"]
+        assert by_step[K.TO_EN].loc[f, "input"] == d["text"] if f in native else True
+        assert by_step[K.INSTRUCT].loc[f, "input"] == passage  # the instruction is written for the English passage
+        assert by_step[K.SCORE].loc[f, "input"] == by_step[K.INSTRUCT].loc[f, "text"]
     for f in native:
-        assert by_step[G.TO_NATIVE].loc[f, "input"] == by_step[G.INSTRUCT].loc[f, "text"]
+        assert by_step[K.TO_NATIVE].loc[f, "input"] == by_step[K.INSTRUCT].loc[f, "text"]
     assert (df.lang == df.fragment_id.map(lambda f: fragments[f]["lang"])).all()
 
     responses = ctx.store.read("responses").toPandas().set_index("origin_prompt_id")
@@ -90,7 +90,7 @@ def test_four_steps_then_pairs_in_responses(make_ctx, lake):
     for f, d in fragments.items():
         r = responses.loc[f]
         assert r.text == d["text"] and r.lang == d["lang"]  # the native fragment is the answer
-        expected = by_step[G.TO_NATIVE].loc[f, "text"] if f in native else by_step[G.INSTRUCT].loc[f, "text"]
+        expected = by_step[K.TO_NATIVE].loc[f, "text"] if f in native else by_step[K.INSTRUCT].loc[f, "text"]
         assert r.prompt_text == normalize(expected) and r.prompt_id == prompt_id(normalize(expected))
     assert result.rows_in == 7 and result.rows_out == 7 and result.stats["responses"]["inserted"] == 7
 
@@ -119,7 +119,7 @@ def test_one_pair_per_distinct_instruction(make_ctx, lake):
     fragments, _ = lake
     ctx = make_ctx()
     f1, f2, f3 = sorted(fragments)[:3]
-    model = llm.ResolvedModel("m", "p", "vllm", {}, SamplingConfig(temperature=0.6, max_tokens=64), None)
+    model = llm_models.ResolvedModel("m", "p", "vllm", {}, SamplingConfig(temperature=0.6, max_tokens=64), None)
     selected = ctx.spark.createDataFrame([(f, fragments[f]["text"], fragments[f]["lang"]) for f in (f1, f2, f3)], "prompt_id string, text string, lang string")
     instructions = ctx.spark.createDataFrame(
         [(f1, "Summarize the text.", 6.0), (f2, "Summarize the text.\n", 9.0), (f3, "Who wrote this?", None)],
@@ -142,7 +142,7 @@ def test_scripted_engine_scores_pairs_and_min_score_keeps_the_good_ones(make_ctx
     ctx = make_ctx(*sets, "reverse.min_score=6")
     result = run_stage(ctx, "reverse")
     df = steps(ctx)
-    scores = df[df.step == G.SCORE].set_index("fragment_id").score
+    scores = df[df.step == K.SCORE].set_index("fragment_id").score
     assert set(scores.index) == set(fragments) and scores.between(2, 9).all() and (df.finish_reason == "stop").all()
     good = set(scores[scores >= 6].index)
     assert 0 < len(good) < len(fragments)  # the gate keeps some and drops some

@@ -1,19 +1,21 @@
 """Executor side of the LLM stages (translate, generate, judge, reverse): input rows -> engine requests ->
 table rows, one chunk at a time.
 
-`run_partition` is the body of a Spark task: it sorts its prompts, cuts them into chunks of
-`chunk_rows`, generates each chunk with the worker's engine (`engine.get_engine`, built once per Python
-worker) in engine calls of `batch_size` requests, and hands the chunk's rows to a *sink* that commits
-them (a Delta commit, or a staged Parquet file) on a background thread while the engine already works on
-the next chunk. A crash loses at most the chunk in flight. It yields one small summary row per chunk.
+`engine_task` is the body of a Spark task (mapInPandas): `run_partition` sorts its rows, cuts them into
+chunks of `chunk_rows`, generates each chunk with the worker's engine (`engine.get_engine`, built once per
+Python worker) in engine calls of `batch_size` requests, and hands the chunk's rows to a *sink*
+(udfs.sinks: a Delta commit, or a staged Parquet file) that commits them on a background thread while the
+engine already works on the next chunk. A crash loses at most the chunk in flight. It yields one small
+summary row per chunk. What a row asks for and which rows its result becomes is its kind's
+(udfs.kinds, named by the row's `task`).
 
 The sink is anything with `done(chunk_key) -> bool` and `commit(chunk_key, rows) -> bool`, where rows
-maps a table name to a list of row dicts; the driver side (instructlake.jobs.llm) provides them, so this
-module stays free of driver imports. Nothing here imports vllm or torch until an engine is built.
+maps a table name to a list of row dicts. Everything a task unpickles lives in udfs: executors never
+import the driver side (instructlake.jobs), and nothing here imports vllm or torch until an engine is built.
 
 Ids are deterministic: a request's seed is derived from the configured seed and the prompt id (its output
 does not depend on batching, partitioning or re-runs), and a response id hashes the prompt id, model,
-generation config and sample index.
+generation config and sample index (udfs.kinds.response_id).
 """
 
 from __future__ import annotations
@@ -24,52 +26,28 @@ import logging
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 
 from instructlake.udfs import engine as E
-from instructlake.udfs.prompts import (
-    INSTRUCT_TEMPLATE,
-    JUDGE_TEMPLATE,
-    PASSAGE_TEMPLATE,
-    TRANSLATE_TEMPLATE,
-    instruct_messages,
-    judge_messages,
-    lang_name,
-    parse_judge_score,
-    respond_messages,
-    translate_messages,
-)
-from instructlake.udfs.text import content_hash, normalize, prompt_id
+from instructlake.udfs import kinds as K
+from instructlake.udfs.text import content_hash
 
 log = logging.getLogger("instructlake.generate")
 
-RESPOND, RESPOND_TRANSLATED, TRANSLATE, JUDGE = "respond", "respond_translated", "translate", "judge"
-# Reverse instructions: one kind, four steps (the rows' task), each a job of its own over the previous
-# step's outputs; a row's prompt_id is the fragment's prompt id in every step.
-REVERSE = "reverse"
-TO_EN, INSTRUCT, SCORE, TO_NATIVE = "reverse_to_en", "reverse_instruct", "reverse_score", "reverse_to_native"
-REVERSE_STEPS = (TO_EN, INSTRUCT, SCORE, TO_NATIVE)
-# Columns the driver hands to every LLM task. `prompt_id` is the id of the unit of work (the request key,
-# its seed, the key of its generation_errors row); `task` is the row's task (respond / respond_translated /
-# translate / judge); `attempt` is this run's attempt number for the row (previous failures + 1).
-# A judge row is one response: prompt_id = the response id, origin_prompt_id = its prompt id, text = the
-# prompt text (the question), plus `answer` = the response text. A reverse row: text = the step's input
-# (passage, or instruction), lang = the fragment's language, `answer` = the English passage (score step).
-INPUT_COLUMNS = ("prompt_id", "origin_prompt_id", "task", "lang", "text", "attempt")
-JUDGE_COLUMNS = (*INPUT_COLUMNS, "answer")
-TABLES = {"respond": "responses", "translate": "translations", "judge": "judgements", "reverse": "reverse_steps"}
+ERRORS = "generation_errors"
 SUMMARY_DDL = (
     "partition INT, attempt INT, chunk INT, pid INT, status STRING, prompts INT, rows_out INT, errors INT, "
     "prompt_tokens BIGINT, completion_tokens BIGINT, gen_s DOUBLE, commit_s DOUBLE, engine_start_s DOUBLE, "
     "engine_builds INT, engine_version STRING, partition_rows INT, error_classes STRING, "
     "host STRING, executor STRING, task_attempt_id BIGINT, gpus STRING, cuda_visible_devices STRING"
 )
-PLACEMENT_KEYS = ("host", "executor", "task_attempt_id", "gpus")  # where a task ran (jobs.llm fills them in)
+PLACEMENT_KEYS = ("host", "executor", "task_attempt_id", "gpus")  # where a task ran (engine_task fills them in)
 
 
 class InjectedJobFault(RuntimeError):
@@ -78,10 +56,10 @@ class InjectedJobFault(RuntimeError):
 
 @dataclass(frozen=True)
 class LLMTask:
-    """Everything an engine task needs; built on the driver (jobs.llm.llm_task, from the stage's config:
+    """Everything an engine task needs; built on the driver (jobs.llm.models.llm_task, from the stage's config:
     no defaults here for what the YAML sets), pickled into the Spark tasks."""
 
-    kind: Literal["respond", "translate", "judge", "reverse"]
+    kind: str  # the job's kind (udfs.kinds); its rows may be of any kind that writes the same table
     model: str  # the model's name as recorded in rows
     engine: Mapping[str, Any]  # EngineSpec keys (engine.EngineSpec.from_dict)
     sampling: E.SamplingConfig  # request seeds are derived from sampling.seed and the prompt id
@@ -96,15 +74,30 @@ class LLMTask:
     template: str | None = None  # translate, judge, reverse: the step's prompt template; None: the udfs.prompts default
     fault_after_chunks: int | None = None  # TEST ONLY: fail each task after this many committed chunks
     inject_faults: Sequence[str] = field(default_factory=tuple)  # TEST ONLY: prompt ids whose requests raise
+    # The kinds this job's rows may be of: every registered kind writing the job kind's table, resolved on
+    # the driver and pickled with the task, so an executor needs no registration of its own.
+    kinds: Mapping[str, K.Kind] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            table = K.kind(self.kind).table
+            object.__setattr__(self, "kinds", {n: k for n, k in K.KINDS.items() if k.table == table})
+
+    def kind_of(self, name: str) -> K.Kind:
+        """The kind of a row whose task is `name` (one job commits to one table)."""
+        try:
+            return self.kinds[name]
+        except KeyError:
+            raise ValueError(f"a {self.kind} job got a row of kind {name!r}; it takes {sorted(self.kinds)}") from None
 
     @property
     def table(self) -> str:
         """The main table this task's rows go to."""
-        return TABLES[self.kind]
+        return self.kinds[self.kind].table
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        return JUDGE_COLUMNS if self.kind in (JUDGE, REVERSE) else INPUT_COLUMNS
+        return (*K.INPUT_COLUMNS, *self.kinds[self.kind].extra_inputs)
 
     def config_id(self, row_task: str) -> str:
         """gen_config_id of this task's rows of one kind (respond / respond_translated / translate)."""
@@ -132,114 +125,38 @@ def request_seed(base_seed: int, key: str) -> int:
     return int(content_hash(str(base_seed), key, size=8), 16) & 0x7FFFFFFF
 
 
-def response_id(prompt_id_: str, model: str, gen_config_id_: str, sample_index: int) -> str:
-    return content_hash(prompt_id_, model, gen_config_id_, str(sample_index))
-
-
 def requests_for(task: LLMTask, frame: pd.DataFrame) -> list[E.Request]:
-    """One request per input row, keyed by its prompt_id column (a response id for judge), with its own seed."""
+    """One request per input row, keyed by its prompt_id column (a response id for judge), with its own seed;
+    its messages are its kind's."""
     out = []
-    answers = frame["answer"] if task.kind in (JUDGE, REVERSE) else [None] * len(frame)
-    for pid, text, lang, answer, step in zip(frame["prompt_id"], frame["text"], frame["lang"], answers, frame["task"]):
-        if task.kind == REVERSE:
-            messages = reverse_messages(task, step, text or "", lang, answer)
-        elif task.kind == JUDGE:
-            template = task.template or JUDGE_TEMPLATE
-            messages = judge_messages(text or "", answer or "", template=template, system=task.system_prompt)
-        elif task.kind == TRANSLATE:
-            messages = translate_messages(
-                text, lang_name(task.target_lang or ""), lang_name(lang or ""), template=task.template or TRANSLATE_TEMPLATE
-            )
-        else:
-            messages = respond_messages(text, task.system_prompt)
-        sampling = E.SamplingConfig(**{**asdict(task.sampling), "seed": request_seed(task.sampling.seed, pid)})
-        out.append(E.Request(pid, messages, sampling))
+    for row in frame.loc[:, list(task.input_columns)].itertuples(index=False):
+        sampling = E.SamplingConfig(**{**asdict(task.sampling), "seed": request_seed(task.sampling.seed, row.prompt_id)})
+        out.append(E.Request(row.prompt_id, task.kind_of(row.task).messages(task, row), sampling))
     return out
-
-
-def reverse_messages(task: LLMTask, step: str, text: str, lang: str | None, passage: str | None) -> list[dict[str, str]]:
-    """The request of one reverse-instruction step for one fragment."""
-    if step == TO_EN:
-        return translate_messages(text, "English", lang_name(lang), template=task.template or PASSAGE_TEMPLATE)
-    if step == INSTRUCT:
-        return instruct_messages(text, template=task.template or INSTRUCT_TEMPLATE)
-    if step == SCORE:
-        return judge_messages(text, passage or "", template=task.template or JUDGE_TEMPLATE, system=task.system_prompt)
-    if step == TO_NATIVE:
-        return translate_messages(text, lang_name(lang), "English", template=task.template or TRANSLATE_TEMPLATE)
-    raise ValueError(f"unknown reverse step {step!r}")
 
 
 def rows_for(
     task: LLMTask, frame: pd.DataFrame, results: Sequence[E.Result], engine_version: str, max_model_len: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """Table rows for one chunk: responses (or translations, or judgements) and generation_errors."""
+    """Table rows for one chunk: the kinds' output rows, and a generation_errors row per failed request."""
     now = dt.datetime.now(dt.timezone.utc)
-    s = task.sampling
     gids = {t: task.config_id(t) for t in set(frame["task"])}
     backend = task.engine.get("backend")
-    out: dict[str, list[dict[str, Any]]] = {"generation_errors": []}
+    errors: list[dict[str, Any]] = []
     main: list[dict[str, Any]] = []
-    out[task.table] = main
-    for row, res in zip(frame.itertuples(index=False), results, strict=True):
+    for row, res in zip(frame.loc[:, list(task.input_columns)].itertuples(index=False), results, strict=True):
         gid = gids[row.task]
         if res.error_class:
-            out["generation_errors"].append(
+            errors.append(
                 dict(
                     prompt_id=row.prompt_id, model=task.model, gen_config_id=gid, task=row.task,
                     error_class=res.error_class, message=(res.error or "")[:4000], max_model_len=max_model_len,
-                    attempt=int(row.attempt),
-                    run_id=task.run_id, created_at=now,
+                    attempt=int(row.attempt), run_id=task.run_id, created_at=now,
                 )
             )  # fmt: skip
             continue
-        if task.kind == JUDGE:
-            # Kept whether or not a score parses: the output is the rationale, the score null when it has none.
-            text = res.texts[0]
-            main.append(
-                dict(
-                    response_id=row.prompt_id, prompt_id=row.origin_prompt_id, judge_model=task.model,
-                    score=parse_judge_score(text), rationale=text, finish_reason=res.finish_reasons[0],
-                    prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens[0], gen_config_id=gid,
-                    run_id=task.run_id, created_at=now,
-                )
-            )  # fmt: skip
-            continue
-        if task.kind == REVERSE:
-            text = res.texts[0]
-            main.append(
-                dict(
-                    fragment_id=row.prompt_id, step=row.task, model=task.model, gen_config_id=gid, lang=row.lang,
-                    input=row.text, text=text, score=parse_judge_score(text) if row.task == SCORE else None,
-                    finish_reason=res.finish_reasons[0], prompt_tokens=res.prompt_tokens,
-                    completion_tokens=res.completion_tokens[0], run_id=task.run_id, created_at=now,
-                )
-            )  # fmt: skip
-            continue
-        if task.kind == TRANSLATE:
-            text = res.texts[0]
-            main.append(
-                dict(
-                    prompt_id=row.prompt_id, target_lang=task.target_lang, model=task.model,
-                    translated_prompt_id=prompt_id(normalize(text)), source_lang=row.lang, source_text=row.text,
-                    text=text, finish_reason=res.finish_reasons[0], prompt_tokens=res.prompt_tokens,
-                    completion_tokens=res.completion_tokens[0], gen_config_id=gid, run_id=task.run_id, created_at=now,
-                )
-            )  # fmt: skip
-            continue
-        for i, (text, reason, tokens) in enumerate(zip(res.texts, res.finish_reasons, res.completion_tokens)):
-            main.append(
-                dict(
-                    response_id=response_id(row.prompt_id, task.model, gid, i), prompt_id=row.prompt_id,
-                    origin_prompt_id=row.origin_prompt_id, task=row.task, lang=row.lang, model=task.model,
-                    gen_config_id=gid, sample_index=i, n=s.n, temperature=s.temperature, top_p=s.top_p,
-                    max_tokens=s.max_tokens, seed=s.seed, system_prompt=task.system_prompt, prompt_text=row.text, text=text,
-                    finish_reason=reason, prompt_tokens=res.prompt_tokens, completion_tokens=tokens,
-                    latency_s=res.latency_s, engine=backend, engine_version=engine_version,
-                    run_id=task.run_id, created_at=now,
-                )
-            )  # fmt: skip
-    return out
+        main += task.kind_of(row.task).rows(task, row, res, K.RowMeta(gid, backend, engine_version, now))
+    return {task.table: main, ERRORS: errors}
 
 
 class Progress:
@@ -381,3 +298,29 @@ def run_partition(
                 future.exception()
     if total:
         progress.add(0, 0, force=True)
+
+
+def _executor_id() -> str | None:
+    """This executor's id where the cluster manager tells it: SPARK_EXECUTOR_ID (Kubernetes), or the
+    executorId of the log URL a standalone worker hands its executor. Elsewhere (YARN) None: the task
+    attempt id, which every summary row carries, finds the executor in the Spark UI and event log."""
+    if executor := os.environ.get("SPARK_EXECUTOR_ID"):
+        return executor
+    query = urllib.parse.urlparse(os.environ.get("SPARK_LOG_URL_STDERR", "")).query
+    return next(iter(urllib.parse.parse_qs(query).get("executorId", [])), None)
+
+
+def engine_task(task: LLMTask, sink: Sink, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body of an engine job (bind task and sink with functools.partial): where the task runs,
+    then `run_partition`."""
+    import socket
+
+    from pyspark import TaskContext
+
+    tc = TaskContext.get()
+    gpus = E.spark_gpu_addresses(tc)
+    placement = dict(
+        host=socket.gethostname(), executor=_executor_id(), task_attempt_id=tc.taskAttemptId(),
+        gpus=",".join(gpus) if gpus else None,
+    )  # fmt: skip
+    yield from run_partition(batches, task, sink, tc.partitionId(), tc.attemptNumber(), placement)
