@@ -5,7 +5,7 @@ rates "[[n]]"; the score is the last [[n]] in 0-10 (udfs.prompts.parse_judge_sco
 none, and the row is kept either way with the judge's output as `rationale`. Same machinery as generate
 and translate (jobs.llm): seeded selection, the engine job with chunked commits during the task, per-row
 errors. In that job a row is one response: its `prompt_id` column carries the response id (the request
-key, and the prompt_id of its generation_errors row, task `judge`), origin_prompt_id the prompt's id.
+key, and the input_id of its generation_errors row, task `judge`), origin_prompt_id the prompt's id.
 
 Selection: responses of `response_tasks` and `response_models`, in `langs`, then a seeded fraction and the
 first `limit` in a seeded hash order of response ids. A response already judged by the same judge model

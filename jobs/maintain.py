@@ -33,6 +33,8 @@ def run(ctx: Context) -> StageResult:
     rows_in = rows_out = 0
     for name in names:
         entry: dict = {}
+        if renamed := store.upgrade(name):
+            entry["renamed_columns"] = renamed
         if c.dedup:
             entry["duplicates_removed"] = store.dedup(name, run_id=ctx.run_id, stage=STAGE)
             if entry["duplicates_removed"]:

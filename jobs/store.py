@@ -30,10 +30,10 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StructField, StructType
 
 from instructlake.jobs.config import Config
-from instructlake.jobs.tables import BOOKKEEPING, KEYS, SCHEMAS
+from instructlake.jobs.tables import BOOKKEEPING, KEYS, RENAMED, SCHEMAS
 from instructlake.udfs.rs_table import RsTable, commit_partitions
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class TableStore(ABC):
     def __init__(self, spark: SparkSession, conf: Config):
         self.spark, self.conf = spark, conf
         self._current: set[str] = set()  # tables created or brought up to their contract by this store
+        self._renamed: dict[str, dict[str, str]] = {}  # per table: columns it still has under an old name
         # Set by the stage runner to its lease's check: a driver-side write fails once the lease lapsed.
         self.guard: Callable[[], None] | None = None
 
@@ -116,7 +117,7 @@ class TableStore(ABC):
         schema = SCHEMAS[name]
         for attempt in range(5):
             try:
-                missing = self._create(name, schema)
+                missing, renamed = self._create(name, schema)
                 break
             except Exception:
                 # Two runs creating one table at once: the loser's commit of version 0 fails (or it sees the
@@ -126,20 +127,50 @@ class TableStore(ABC):
                 time.sleep(0.5 * (attempt + 1))
         if missing:
             log.warning("table %s: added columns %s (the table predates them)", name, [f.name for f in missing])
+        if renamed:
+            log.warning("table %s: columns %s have their old names; read renamed until a stage upgrades the table", name, renamed)
+        self._renamed[name] = renamed
         self._current.add(name)
 
+    def _contract_diff(self, name: str, schema: StructType, have: set[str]) -> tuple[list[StructField], dict[str, str]]:
+        """(contract fields the table lacks, {old: new} of those it has under an old name: not missing)."""
+        renamed = {old: new for old, new in RENAMED.get(name, {}).items() if old in have and new not in have}
+        return [f for f in schema.fields if f.name not in have and f.name not in renamed.values()], renamed
+
+    def upgrade(self, name: str) -> dict[str, str]:
+        """Rename the columns that the table still has under an old name (tables.RENAMED), in one commit
+        that rewrites the table (the old versions stay in its history); returns what was renamed. Called
+        by the stages that write the table (LLMJob.recover, maintain) while they hold its lease, so no
+        writer of the old layout commits between the read and the rewrite."""
+        self.create(name)
+        renamed = self._renamed[name]
+        if renamed:
+            self._check()
+            self._rename_columns(name, renamed)
+            self._renamed[name] = {}
+            log.warning("table %s: renamed columns %s", name, renamed)
+        return renamed
+
     @abstractmethod
-    def _create(self, name: str, schema: StructType) -> list:
-        """Create the table if absent, add the fields of `schema` it lacks; returns those fields."""
+    def _rename_columns(self, name: str, renamed: dict[str, str]) -> None: ...
+
+    @abstractmethod
+    def _create(self, name: str, schema: StructType) -> tuple[list[StructField], dict[str, str]]:
+        """Create the table if absent, add the fields of `schema` it lacks; returns those fields and the
+        columns it has under an old name (_contract_diff)."""
 
     # ---- reads --------------------------------------------------------------------------------------
     def read(self, name: str) -> DataFrame:
         """The current snapshot as a Spark DataFrame (pinned to one version)."""
         self.create(name)
-        return self._read(name)
+        df = self._read(name, self._renamed[name])
+        for old, new in self._renamed[name].items():
+            df = df.withColumnRenamed(old, new)
+        return df
 
     @abstractmethod
-    def _read(self, name: str) -> DataFrame: ...
+    def _read(self, name: str, renamed: dict[str, str]) -> DataFrame:
+        """The snapshot with the table's own column names (`renamed`: old -> contract name)."""
 
     def version(self, name: str) -> int:
         self.create(name)
@@ -313,6 +344,8 @@ class TableStore(ABC):
 
     def _conform(self, df: DataFrame, name: str) -> DataFrame:
         """Select the contract's columns in order, cast to its types; fail on missing columns."""
+        if self._renamed.get(name):
+            raise ValueError(f"table {name} still has the columns {self._renamed[name]} under their old names: run maintain (or the stage that writes it) to upgrade it")
         schema = SCHEMAS[name]
         missing = [f.name for f in schema.fields if f.name not in df.columns]
         if missing:
@@ -365,17 +398,26 @@ class RsStore(TableStore):
         if not DeltaTable.is_deltatable(self.location(name), storage_options=opts):
             DeltaTable.create(self.location(name), schema=arrow_schema(schema), mode="ignore", storage_options=opts)
         table = DeltaTable(self.location(name), storage_options=opts)
-        have = {f.name for f in table.schema().fields}
-        missing = [f for f in schema.fields if f.name not in have]
+        missing, renamed = self._contract_diff(name, schema, {f.name for f in table.schema().fields})
         if missing:
             table.alter.add_columns(Schema.from_arrow(arrow_schema(StructType(missing))).fields)
-        return missing
+        return missing, renamed
 
-    def _read(self, name: str) -> DataFrame:
+    def _rename_columns(self, name: str, renamed: dict[str, str]) -> None:
+        from deltalake import write_deltalake
+
+        table = self.rs_table(name)
+        data = table.open().to_pyarrow_table()
+        data = table.conform(data.rename_columns([renamed.get(c, c) for c in data.column_names]))
+        write_deltalake(table.uri, data, mode="overwrite", schema_mode="overwrite", storage_options=table.storage_options or None)
+
+    def _read(self, name: str, renamed: dict[str, str]) -> DataFrame:
         uris = self.rs_table(name).open().file_uris()
         if not uris:
             return self.spark.createDataFrame([], SCHEMAS[name])
-        return self.spark.read.schema(SCHEMAS[name]).parquet(*uris)
+        old = {new: o for o, new in renamed.items()}  # Parquet columns are matched by the files' own names
+        schema = StructType([StructField(old.get(f.name, f.name), f.dataType, f.nullable) for f in SCHEMAS[name].fields])
+        return self.spark.read.schema(schema).parquet(*uris)
 
     def _version(self, name: str) -> int:
         return self.rs_table(name).open().version()
@@ -478,15 +520,22 @@ class SparkStore(TableStore):
             self.spark.sql(f"CREATE TABLE IF NOT EXISTS {loc} ({_columns_ddl(schema.fields)}) USING DELTA")
         else:
             DeltaTable.createIfNotExists(self.spark).addColumns(schema).location(loc).execute()
-        have = set(self._delta_table(name).toDF().columns)
-        missing = [f for f in schema.fields if f.name not in have]
+        missing, renamed = self._contract_diff(name, schema, set(self._delta_table(name).toDF().columns))
         if missing:
             target = loc if t.catalog else f"delta.`{loc}`"
             # Added columns stay nullable: the rows already there have no value for them.
             self.spark.sql(f"ALTER TABLE {target} ADD COLUMNS ({_columns_ddl(missing, not_null=False)})")
-        return missing
+        return missing, renamed
 
-    def _read(self, name: str) -> DataFrame:
+    def _rename_columns(self, name: str, renamed: dict[str, str]) -> None:
+        df = self._read(name, renamed)
+        for old, new in renamed.items():
+            df = df.withColumnRenamed(old, new)
+        # Delta reads the pinned snapshot's files while it writes the new ones, so a table can replace itself.
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        writer.saveAsTable(self.location(name)) if self.conf.tables.catalog else writer.save(self.location(name))
+
+    def _read(self, name: str, renamed: dict[str, str]) -> DataFrame:
         return self._load(self.spark.read.format("delta").option("versionAsOf", self._version(name)), name)
 
     def _version(self, name: str) -> int:

@@ -72,15 +72,17 @@ SCHEMAS: dict[str, T.StructType] = {
         prompt_tokens INT, completion_tokens INT, latency_s DOUBLE, engine STRING, engine_version STRING,
         run_id STRING, created_at TIMESTAMP"""
     ),
+    # One row per failed request: input_id is the id of the input it was for (its kind's request key: a
+    # prompt id for respond and translate, a response id for judge, a fragment id for the reverse steps).
     # max_model_len: the engine's context length when the request failed; a prompt_too_long is given up
     # until a run's configured max_model_len exceeds it.
     "generation_errors": ddl(
-        """prompt_id STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING NOT NULL, task STRING NOT NULL,
+        """input_id STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING NOT NULL, task STRING NOT NULL,
         error_class STRING, message STRING, max_model_len INT, attempt INT, run_id STRING, created_at TIMESTAMP"""
     ),
     # One row per response and judge model (the latest judge config); score 0-10, null when the judge's
     # output (`rationale`) holds no parseable [[score]]. Judge failures: generation_errors rows of task
-    # `judge`, whose prompt_id is the judged response_id.
+    # `judge`, whose input_id is the judged response_id.
     "judgements": ddl(
         """response_id STRING NOT NULL, prompt_id STRING, judge_model STRING NOT NULL, score DOUBLE, rationale STRING,
         finish_reason STRING, prompt_tokens INT, completion_tokens INT, gen_config_id STRING,
@@ -121,11 +123,17 @@ KEYS: dict[str, tuple[str, ...]] = {
     "prompts": ("prompt_id",),
     "translations": ("prompt_id", "target_lang", "model"),
     "responses": ("response_id",),
-    "generation_errors": ("prompt_id", "model", "gen_config_id", "task"),
+    "generation_errors": ("input_id", "model", "gen_config_id", "task"),
     "judgements": ("response_id", "judge_model"),
     "reverse_steps": ("fragment_id", "step", "model"),
     "response_checks": ("response_id",),
     "expectation_results": ("run_id", "table_name", "expectation"),
     "runs": ("run_id", "stage"),
     "leases": ("resource",),
+}
+
+# Columns a table once had under another name (old -> contract name). A table that still has the old name
+# reads as if renamed; TableStore.upgrade renames it for good, by the stage that holds the table's lease.
+RENAMED: dict[str, dict[str, str]] = {
+    "generation_errors": {"prompt_id": "input_id"},  # it never held only prompt ids (judge: response ids)
 }

@@ -68,9 +68,9 @@ def test_report_describes_the_lake(ctx_with_responses, tmp_path):
     ctx, en, _ = ctx_with_responses()
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     errors = [  # a request a later run answered (en[0] has responses), and one still failing
-        dict(prompt_id=prompt_id(en[0]), model="m", gen_config_id="g", task="respond", error_class="Timeout", message="t",
+        dict(input_id=prompt_id(en[0]), model="m", gen_config_id="g", task="respond", error_class="Timeout", message="t",
              max_model_len=2048, attempt=1, run_id="r0", created_at=now),
-        dict(prompt_id="p-unanswered", model="m", gen_config_id="g", task="respond", error_class="Timeout", message="t",
+        dict(input_id="p-unanswered", model="m", gen_config_id="g", task="respond", error_class="Timeout", message="t",
              max_model_len=2048, attempt=2, run_id="r0", created_at=now),
     ]  # fmt: skip
     ctx.store.append(ctx.spark.createDataFrame(errors, SCHEMAS["generation_errors"]), "generation_errors", run_id="r0", stage="t")

@@ -151,7 +151,7 @@ def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts
     _, task = generate.build_task(ctx)
     result = generate.run(ctx, dataclasses.replace(task, inject_faults=[bad]))  # one request raises in the engine
 
-    errors = ctx.store.read("generation_errors").toPandas().set_index("prompt_id")
+    errors = ctx.store.read("generation_errors").toPandas().set_index("input_id")
     assert set(errors.index) == {bad, huge_id}
     assert errors.loc[huge_id, "error_class"] == "prompt_too_long" and "max_model_len" in errors.loc[huge_id, "message"]
     assert errors.loc[bad, "error_class"] == "InjectedFault" and (errors.attempt == 1).all()
@@ -164,7 +164,7 @@ def test_oversize_prompt_and_failing_request_become_error_rows(make_ctx, prompts
     again = run_stage(make_ctx("generate.tasks=2"), "generate")
     assert again.rows_in == 7 and again.stats["given_up"] == 1 and again.stats["done_before"] == 5
     assert again.rows_out == 2 and set(responses(ctx).prompt_id) == set(ids) - {huge_id}
-    status = llm_select.error_status(ctx.store).toPandas().set_index("prompt_id")["resolved"].to_dict()
+    status = llm_select.error_status(ctx.store).toPandas().set_index("input_id")["resolved"].to_dict()
     assert status == {bad: True, huge_id: False}  # the retried request was answered; its error row is history
 
 
@@ -175,7 +175,7 @@ def test_prompt_too_long_is_retried_once_max_model_len_is_raised(make_ctx, promp
     small = ("generate.tasks=1", "generate.engine_args.max_model_len=512")
     first = run_stage(make_ctx(*small), "generate")
     errors = make_ctx().store.read("generation_errors").toPandas()
-    assert first.rows_out == 0 and errors.set_index("prompt_id").loc[pid, "max_model_len"] == 512
+    assert first.rows_out == 0 and errors.set_index("input_id").loc[pid, "max_model_len"] == 512
     assert run_stage(make_ctx(*small), "generate").stats["given_up"] == 1  # the same context: it cannot fit
 
     raised = run_stage(make_ctx("generate.tasks=1", "generate.engine_args.max_model_len=2048"), "generate")
@@ -257,7 +257,7 @@ def test_commit_staged_merges_once_and_cleans_up(make_ctx, tmp_path):
     assert not sink.done("0-0")
     assert sink.commit("0-0", {"responses": _response_rows(["a", "b"]), "generation_errors": []})
     assert sink.commit("1-0", {"responses": _response_rows(["c"]), "generation_errors": [
-        dict(prompt_id="d", model="m", gen_config_id="g", task="respond", error_class="X", message="m", attempt=1,
+        dict(input_id="d", model="m", gen_config_id="g", task="respond", error_class="X", message="m", attempt=1,
              run_id="r1", created_at=NOW)]})  # fmt: skip
     sink.commit("1-1", {"responses": _response_rows(["c"], text="t")})  # the same keys staged twice
     assert sink.done("0-0") and sink.done("1-0")

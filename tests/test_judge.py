@@ -98,8 +98,8 @@ def test_judge_every_response_errors_and_resume(make_ctx, shared_data, work_dir,
     by_model = result.stats["by_response_model"]  # per answering model; the huge one ("m") was never judged
     assert by_model == {"tiny-chat": {"judged": 9, "scored": result.stats["scored"], "mean_score": result.stats["mean_score"]}}
 
-    errors = ctx.store.read("generation_errors").filter(F.col("task") == "judge").toPandas().set_index("prompt_id")
-    assert set(errors.index) == {bad, huge["response_id"]}  # judge errors name the response in prompt_id
+    errors = ctx.store.read("generation_errors").filter(F.col("task") == "judge").toPandas().set_index("input_id")
+    assert set(errors.index) == {bad, huge["response_id"]}  # judge errors name the response in input_id
     assert errors.loc[huge["response_id"], "error_class"] == "prompt_too_long"
     assert errors.loc[bad, "error_class"] == "InjectedFault" and (errors.attempt == 1).all()
     assert (errors.model == "tiny-chat").all() and (errors.gen_config_id == gid).all()
@@ -206,7 +206,7 @@ def test_judge_rows_parse_scores_and_keep_unparseable_judgements():
     assert got["r1"]["prompt_id"] == "p1" and got["r1"]["judge_model"] == "judge-m"
     assert got["r1"]["gen_config_id"] == task.config_id("judge") and got["r1"]["completion_tokens"] == 12
     [err] = rows["generation_errors"]
-    assert (err["prompt_id"], err["task"], err["model"], err["error_class"]) == ("r4", "judge", "judge-m", "InjectedFault")
+    assert (err["input_id"], err["task"], err["model"], err["error_class"]) == ("r4", "judge", "judge-m", "InjectedFault")
     assert err["max_model_len"] == 4096 and set(err) == set(SCHEMAS["generation_errors"].fieldNames())
     assert set(rows["judgements"][0]) == set(SCHEMAS["judgements"].fieldNames())
 

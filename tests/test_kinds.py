@@ -7,7 +7,6 @@ job with no other code, and that what a Spark task unpickles imports no driver m
 from __future__ import annotations
 
 import functools
-import pickle
 import subprocess
 import sys
 
@@ -132,9 +131,9 @@ def test_a_new_kind_is_one_class_and_one_config_block(ctx_factory, monkeypatch):
     assert (first["rows_written"], first["errors"]) == (4, 1)
     rows = {r["prompt_id"]: r["summary"] for r in ctx.store.read("summaries").collect()}
     assert set(rows) == set(ids[1:]) and rows[ids[1]].startswith("Scripted answer 0: Summarize in one line: Paragraph number 1")
-    status = {(r["prompt_id"], r["task"]): r["resolved"] for r in error_status(ctx.store).collect()}
+    status = {(r["input_id"], r["task"]): r["resolved"] for r in error_status(ctx.store).collect()}
     assert status == {(ids[0], "summarize"): False}
     second = run()  # resume: only the failed prompt, which now resolves its error row
     assert (second["done_before"], second["todo"], second["rows_written"]) == (4, 1, 1)
     assert ctx.store.read("summaries").count() == 5
-    assert {(r["prompt_id"], r["resolved"]) for r in error_status(ctx.store).collect()} == {(ids[0], True)}
+    assert {(r["input_id"], r["resolved"]) for r in error_status(ctx.store).collect()} == {(ids[0], True)}

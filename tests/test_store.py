@@ -160,23 +160,34 @@ def test_merge_repeated_with_the_same_run_id_commits_what_is_missing(ctx_factory
     assert ctx.store.read("prompts_raw").count() == 80
 
 
-def test_a_table_that_predates_a_contract_column_gets_it(ctx_factory, monkeypatch):
+def test_a_table_of_an_older_layout_reads_as_the_contract_and_upgrades_to_it(ctx_factory, monkeypatch):
+    from deltalake import DeltaTable
+
     from instructlake.jobs import store as store_module
     from instructlake.jobs.tables import ddl
 
     ctx = ctx_factory()
+    # generation_errors as an older version wrote it: the input's id under prompt_id, no max_model_len.
     old = ddl("""prompt_id STRING NOT NULL, model STRING NOT NULL, gen_config_id STRING NOT NULL, task STRING NOT NULL,
         error_class STRING, message STRING, attempt INT, run_id STRING, created_at TIMESTAMP""")
     monkeypatch.setitem(store_module.SCHEMAS, "generation_errors", old)
+    monkeypatch.delitem(store_module.RENAMED, "generation_errors")  # that version knew no rename
     row = dict(prompt_id="p1", model="m", gen_config_id="g", task="respond", error_class="E", message="x", attempt=1, run_id="r1", created_at=NOW)
     ctx.store.append(ctx.spark.createDataFrame([row], old), "generation_errors", run_id="r1", stage="t")
     monkeypatch.undo()
 
     store = ctx_factory().store  # a new store (a new run of the upgraded code) on the same lake
-    new = ctx.spark.createDataFrame([dict(row, prompt_id="p2", max_model_len=512, run_id="r2")], SCHEMAS["generation_errors"])
-    store.append(new, "generation_errors", run_id="r2", stage="t")
-    got = {r.prompt_id: r.max_model_len for r in store.read("generation_errors").collect()}
-    assert got == {"p1": None, "p2": 512}
-    from deltalake import DeltaTable
+    first = store.read("generation_errors")
+    assert set(first.columns) == set(SCHEMAS["generation_errors"].fieldNames())  # read as renamed, the new column null
+    assert [(r.input_id, r.max_model_len) for r in first.collect()] == [("p1", None)]
+    new = ctx.spark.createDataFrame([dict(row, input_id="p2", max_model_len=512, run_id="r2")], SCHEMAS["generation_errors"])
+    with pytest.raises(ValueError, match="under their old names"):  # never a row written under the wrong name
+        store.append(new, "generation_errors", run_id="r2", stage="t")
 
-    assert "max_model_len" in [f.name for f in DeltaTable(store.location("generation_errors")).schema().fields]
+    assert store.upgrade("generation_errors") == {"prompt_id": "input_id"}
+    assert store.upgrade("generation_errors") == {} and ctx_factory().store.upgrade("generation_errors") == {}
+    store.append(new, "generation_errors", run_id="r2", stage="t")
+    got = {r.input_id: r.max_model_len for r in ctx_factory().store.read("generation_errors").collect()}
+    assert got == {"p1": None, "p2": 512}
+    names = [f.name for f in DeltaTable(store.location("generation_errors")).schema().fields]
+    assert names[0] == "input_id" and "prompt_id" not in names and "max_model_len" in names

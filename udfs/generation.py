@@ -149,7 +149,7 @@ def rows_for(
         if res.error_class:
             errors.append(
                 dict(
-                    prompt_id=row.prompt_id, model=task.model, gen_config_id=gid, task=row.task,
+                    input_id=row.prompt_id, model=task.model, gen_config_id=gid, task=row.task,
                     error_class=res.error_class, message=(res.error or "")[:4000], max_model_len=max_model_len,
                     attempt=int(row.attempt), run_id=task.run_id, created_at=now,
                 )

@@ -9,7 +9,7 @@ maintain iterate this registry: a new kind is one class registered here (with `r
 jobs/tables.py, and a stage config block.
 
 Input rows (`INPUT_COLUMNS`): `prompt_id` is the id of the unit of work (the request key, its seed, the
-prompt_id of its generation_errors row): a prompt id for respond and translate, a response id for judge, a
+input_id of its generation_errors row): a prompt id for respond and translate, a response id for judge, a
 fragment id for the reverse steps; `origin_prompt_id` the prompt it came from; `attempt` this run's attempt
 number (previous failures + 1).
 """

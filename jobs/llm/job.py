@@ -119,7 +119,7 @@ class LLMJob:
     def recover(self) -> dict[str, dict]:
         """Merge what earlier runs left staged (a crashed driver); a no-op in direct mode."""
         for name in self.tables:
-            self.ctx.store.create(name)
+            self.ctx.store.upgrade(name)  # before any task commits: an old layout would refuse the rows
         if self.mode != "staged":
             return {}
         return commit_staged(

@@ -73,7 +73,7 @@ def sample(df: DataFrame, langs: list[str], fraction: float, limit: int | None, 
 
 
 def prior_errors(store: TableStore, task: G.LLMTask, gen_config_ids: list[str]) -> DataFrame:
-    """Per (prompt_id, task): attempts so far and whether an error is permanent for this run: a prompt too
+    """Per (prompt_id, task) of the job's input rows (generation_errors.input_id): attempts so far and whether an error is permanent for this run: a prompt too
     long for the context it failed in, unless the task's configured max_model_len is larger than that."""
     too_long = F.col("error_class") == PROMPT_TOO_LONG
     context = task.engine["engine_args"].get("max_model_len")
@@ -83,7 +83,7 @@ def prior_errors(store: TableStore, task: G.LLMTask, gen_config_ids: list[str]) 
     return (
         store.read(ERRORS)
         .filter((F.col("model") == task.model) & F.col("gen_config_id").isin(gen_config_ids))
-        .groupBy("prompt_id", "task")
+        .groupBy(F.col("input_id").alias("prompt_id"), "task")
         .agg(F.max("attempt").alias("prev_attempts"), F.max(too_long.cast("int")).alias("permanent"))
     )
 
@@ -93,7 +93,7 @@ def error_status(store: TableStore) -> DataFrame:
     output row of some kind with its request key, model and gen_config_id). The error row stays as the
     history of that request."""
     outputs = [
-        store.read(table).select(F.col(id_col).alias("prompt_id"), F.col(model_col).alias("model"), "gen_config_id")
+        store.read(table).select(F.col(id_col).alias("input_id"), F.col(model_col).alias("model"), "gen_config_id")
         for table, (id_col, model_col) in K.output_keys().items()
         if store.exists(table)
     ]
@@ -101,7 +101,7 @@ def error_status(store: TableStore) -> DataFrame:
     if not outputs:
         return errors.withColumn("resolved", F.lit(False))
     done = functools.reduce(DataFrame.unionByName, outputs).distinct().withColumn("resolved", F.lit(True))
-    keys = ["prompt_id", "model", "gen_config_id"]
+    keys = ["input_id", "model", "gen_config_id"]
     return errors.join(done, keys, "left").withColumn("resolved", F.coalesce("resolved", F.lit(False)))
 
 
