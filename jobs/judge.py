@@ -52,8 +52,6 @@ def select_responses(ctx: Context, conf: JudgeConf) -> DataFrame:
 def build_task(ctx: Context) -> LLMTask:
     conf = ctx.conf.judge
     model = resolve_model(conf, ctx.conf)
-    if model.sampling.n != 1:
-        raise ValueError(f"judge.sampling.n must be 1 (one judgement per response), got {model.sampling.n}")
     template = check_template(conf.template or JUDGE_TEMPLATE, "judge.template", "question", "answer")
     return llm_task(
         ctx, conf, model, JUDGE,

@@ -96,8 +96,6 @@ def _ids(model: str, gid: str):
 def run(ctx: Context) -> StageResult:
     conf = ctx.conf.reverse
     model = resolve_model(conf, ctx.conf)
-    if model.sampling.n != 1:
-        raise ValueError(f"reverse.sampling.n must be 1 (one output per fragment and step), got {model.sampling.n}")
     steps = _Steps(ctx, model)
     # A fragment whose language is unknown is translated "from the source language" like any non-English one.
     fragments = (

@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 def run(ctx: Context) -> StageResult:
     conf = ctx.conf.translate
     model = resolve_model(conf, ctx.conf)
-    if model.sampling.n != 1:
-        raise ValueError(f"translate.sampling.n must be 1 (one translation per prompt), got {model.sampling.n}")
     template = check_template(conf.template or TRANSLATE_TEMPLATE, "translate.template", "text")
     task = llm_task(
         ctx, conf, model, TRANSLATE,

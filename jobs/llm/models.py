@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instructlake.jobs.config import CONF_DIR, Config, LLMStageConf
 from instructlake.udfs import generation as G
+from instructlake.udfs import kinds as K
 from instructlake.udfs.engine import Backend, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,11 @@ def base_gen_config(model: ResolvedModel, **extra: Any) -> dict[str, Any]:
 
 def llm_task(ctx: Any, llm: LLMStageConf, model: ResolvedModel, kind: str, **fields: Any) -> G.LLMTask:
     """The engine task of an LLM stage: what every stage takes from its config and model, plus the
-    stage's own `fields` (gen_config, system_prompt, template, target_lang)."""
+    stage's own `fields` (gen_config, system_prompt, template, target_lang). A kind with one output per
+    input (all but respond) takes one sample."""
+    if not K.kind(kind).per_sample and model.sampling.n != 1:
+        stage = next((name for name, block in ctx.conf.llm_stages().items() if block is llm), kind)
+        raise ValueError(f"{stage}.sampling.n must be 1 (one {kind} output per input), got {model.sampling.n}")
     return G.LLMTask(
         kind=kind,
         model=model.name,
