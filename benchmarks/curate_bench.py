@@ -309,7 +309,6 @@ def real_quality(lake: str, min_similarity: float = 0.9) -> dict:
     the candidates for false merges)."""
     import difflib
 
-    import pandas as pd
     from deltalake import DeltaTable
 
     from instructlake.udfs.text import normalize, strip_ui_residue
