@@ -91,13 +91,17 @@ class LLMTask:
             raise ValueError(f"a {self.kind} job got a row of kind {name!r}; it takes {sorted(self.kinds)}") from None
 
     @property
+    def job_kind(self) -> K.Kind:
+        return self.kinds[self.kind]
+
+    @property
     def table(self) -> str:
         """The main table this task's rows go to."""
-        return self.kinds[self.kind].table
+        return self.job_kind.table
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        return (*K.INPUT_COLUMNS, *self.kinds[self.kind].extra_inputs)
+        return (*K.INPUT_COLUMNS, *self.job_kind.extra_inputs)
 
     def config_id(self, row_task: str) -> str:
         """gen_config_id of this task's rows of one kind (respond / respond_translated / translate)."""

@@ -130,7 +130,7 @@ class LLMJob:
         store = self.ctx.store
         if self.mode == "direct":
             rs = {n: store.rs_table(n) for n in self.tables}
-            keys = {self.main: None if self.task.kind_of(self.task.kind).per_sample else KEYS[self.main], ERRORS: KEYS[ERRORS]}
+            keys = {self.main: None if self.task.job_kind.per_sample else KEYS[self.main], ERRORS: KEYS[ERRORS]}
             return DeltaSink(rs, keys, self.tables, f"{self.stage}:{self.ctx.run_id}:{nonce}")
         schemas = {n: arrow_schema(SCHEMAS[n]) for n in self.tables}
         root = staging_root(self.ctx.conf, self.llm)
@@ -188,7 +188,7 @@ class LLMJob:
         # gets the same rows, in the same order after the sort below, and skips its committed chunks.
         parts = inputs.repartition(self.llm.tasks).sortWithinPartitions("prompt_id")
         job = parts.mapInPandas(functools.partial(G.engine_task, self.task, sink), G.SUMMARY_DDL, profile=profile)
-        expected = total * (self.task.sampling.n if self.task.kind_of(self.task.kind).per_sample else 1)
+        expected = total * (self.task.sampling.n if self.task.job_kind.per_sample else 1)
         watcher = _DriverProgress(self.stage, expected, self.llm.progress_interval_s, self._rows_probe(sink))
         log.info(
             "%s: %d prompts -> %d engine task(s), %s commits, model %s%s",
