@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from instructlake.udfs.engine import Backend
+from instructlake.udfs.engine import check_backend
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 if not (CONF_DIR / "default.yaml").exists():  # installed non-editable: conf ships beside the package
@@ -42,7 +42,7 @@ class LeaseConf(_Section):
     heartbeat_s: float = Field(gt=0)
 
     @model_validator(mode="after")
-    def _renewed_in_time(self) -> "LeaseConf":
+    def _renewed_in_time(self) -> LeaseConf:
         if self.heartbeat_s * 2 > self.ttl_s:
             raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be at most ttl_s / 2 ({self.ttl_s / 2}): a lease would lapse between renewals")
         return self
@@ -106,6 +106,8 @@ class IngestConf(_Section):
 
 # YAML 1.1 reads a bare `off` as false: take it as the word it was meant to be.
 Action = Annotated[Literal["drop", "flag", "off"], BeforeValidator(lambda v: "off" if v is False else v)]
+# An engine backend: a registered name (udfs.engine.BACKENDS) or an import path `package.module:factory`.
+Backend = Annotated[str, AfterValidator(check_backend)]
 PiiKind = Literal["email", "phone", "ipv4", "ipv6", "credit_card", "secret"]
 
 
@@ -163,7 +165,7 @@ class NearDedupConf(_Section):
     checkpoint_dir: str | None
 
     @model_validator(mode="after")
-    def _bands_fit(self) -> "NearDedupConf":
+    def _bands_fit(self) -> NearDedupConf:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("set both bands and rows, or neither (derived from threshold and num_perm)")
         if self.bands and self.rows and self.bands * self.rows > self.num_perm:
@@ -330,7 +332,6 @@ class LLMStageConf(_Section):
     max_attempts: int = Field(ge=1)
     progress_interval_s: float = Field(gt=0)
     gpu: GpuConf
-    fault_after_chunks: int | None = Field(ge=1)
 
 
 class TranslateConf(LLMStageConf):
@@ -365,12 +366,12 @@ class GenerateConf(LLMStageConf):
     models: list[Annotated[ModelChoice, BeforeValidator(_model_choice)]]
 
     @model_validator(mode="after")
-    def _one_model_form(self) -> "GenerateConf":
+    def _one_model_form(self) -> GenerateConf:
         if self.models and self.model:
             raise ValueError("generate.model overrides the one model of model_conf; with generate.models give each entry its own `model`")
         return self
 
-    def per_model(self) -> list["GenerateConf"]:
+    def per_model(self) -> list[GenerateConf]:
         """One block per model, each with a single model (models: []): the entries of `models` over this
         block, or this block itself. Names must differ: responses, resume and export are keyed by model."""
         if not self.models:
@@ -430,7 +431,7 @@ class Config(_Section):
             raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
         return v
 
-    def llm_stages(self) -> dict[str, "LLMStageConf"]:
+    def llm_stages(self) -> dict[str, LLMStageConf]:
         """Every LLM stage's block by stage name, found by type: a new LLM stage is covered by whatever
         iterates this (maintain's staging sweep) without being listed there."""
         return {name: v for name in type(self).model_fields if isinstance(v := getattr(self, name), LLMStageConf)}
@@ -449,7 +450,7 @@ def redact(tree: Any, secret: bool = False) -> Any:
     return REDACTED if secret and tree not in (None, "") else tree
 
 
-def secret_values(conf: "Config") -> list[str]:
+def secret_values(conf: Config) -> list[str]:
     """Every configured value that `redact` would hide (so free text such as errors can be scrubbed)."""
     found: list[str] = []
 
@@ -467,7 +468,7 @@ def secret_values(conf: "Config") -> list[str]:
     return found
 
 
-def scrub(text: str, conf: "Config") -> str:
+def scrub(text: str, conf: Config) -> str:
     for value in sorted(secret_values(conf), key=len, reverse=True):
         text = text.replace(value, REDACTED)
     return text

@@ -93,15 +93,10 @@ def select_inputs(ctx: Context, conf: GenerateConf) -> tuple[DataFrame, list[str
     return (parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])), kinds
 
 
-def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
-    """The stage: one engine job per model, in order (a worker holds one model at a time); `task` replaces
-    the configured engine task of the single-model form (tests inject per-request faults so)."""
+def run(ctx: Context) -> StageResult:
+    """The stage: one engine job per model, in order (a worker holds one model at a time)."""
     conf = ctx.conf.generate
     models = build_tasks(ctx)
-    if task is not None:
-        if len(models) > 1:
-            raise ValueError("an injected task replaces the one model's task: generate.models must be empty")
-        models = [(models[0][0], models[0][1], task)]
     first = LLMJob(ctx, "generate", conf, models[0][2])
     recovered = first.recover()  # one staging dir for every model
     selected, kinds = select_inputs(ctx, conf)

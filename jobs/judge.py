@@ -61,10 +61,10 @@ def build_task(ctx: Context) -> LLMTask:
     )  # fmt: skip
 
 
-def run(ctx: Context, task: LLMTask | None = None) -> StageResult:
-    """The stage; `task` replaces the configured engine task (tests inject per-request faults so)."""
+def run(ctx: Context) -> StageResult:
+    """The stage: judge the selected responses not yet judged with this judge model and config."""
     conf = ctx.conf.judge
-    task = task or build_task(ctx)
+    task = build_task(ctx)
     job = LLMJob(ctx, "judge", conf, task)
     recovered = job.recover()
     gid = task.config_id(JUDGE)

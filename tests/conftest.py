@@ -1,32 +1,26 @@
-"""Shared fixtures: one local SparkSession per test run, a fresh lake per test, the shared real data.
+"""Shared fixtures and the tiers: a test's tier is its folder (tests/<tier>/), helpers live in tests/support.
 
-The session has delta-spark's jars (resolved from Maven Central once into IVY_DIR), so one JVM serves
-both Delta backends: `backend` is a session-scoped parameter, and every test that builds a Context
-through `ctx_factory` (or passes `delta.backend={backend}` itself) runs once on delta-rs and once on
-delta-spark, unless it parametrizes `backend` itself (`@pytest.mark.parametrize("backend", ["rs"],
-indirect=True)`): a test for one backend, or an engine flow test (the real engine runs minutes on the
-CPU) whose backend only changes how chunks are committed, which the crash/resume, staging, judge errors,
-reverse and parity tests check on both. pytest orders the tests by that parameter, so module fixtures
-are built once per backend.
+One local SparkSession per test run holds delta-spark's jars (resolved from Maven Central once into
+IVY_DIR), so one JVM serves both Delta backends. A test builds its Context through `ctx_factory`, on
+delta-rs unless it asks for both: `@pytest.mark.backends` runs it once per backend, for the tests whose
+subject is the backend (the store's contract, direct and staged commits, leases and concurrency,
+crash/resume, the parity run). Every other stage test's behaviour is the stage's, not the writer's.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-IVY_DIR = REPO / ".scratch" / "ivy"  # the default work dir's Ivy cache: shared with `make demo`
-BACKENDS = ("rs", "spark")
+from tests.support.lake import BACKENDS, SHARED_DATA, make_conf
 
+# Fixtures that tests of several tiers use live in these support modules.
+pytest_plugins = ("tests.support.decontam", "tests.support.deploy")
 
-# Test tiers (`pytest -m unit` etc.; `make test-unit`). A test without a tier marker gets one from its
-# fixtures: ENGINE_FIXTURES (the tiny model, the engine) -> engine, `spark` -> spark, neither -> unit; a test that runs
-# Spark, the engine or a cluster in a subprocess says so with its own marker.
 TIERS = {
     "unit": "no Spark, no engine, no subprocess jobs (the whole tier runs in under a minute)",
     "spark": "a real SparkSession (local[2]) and Delta tables, no LLM engine",
@@ -35,41 +29,74 @@ TIERS = {
 }
 
 
-ENGINE_FIXTURES = {"work_dir", "probe", "tiny_model", "vllm_engine_args"}  # the tiny model, an engine in a subprocess
+# tier -> tests run, seconds (setup, call and teardown), outcomes: printed at the end of the run
+TIER_STATS: dict[str, dict] = defaultdict(lambda: {"tests": 0, "seconds": 0.0, "outcomes": defaultdict(int)})
 
 
 def pytest_configure(config):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Spark's Python workers and the tests' subprocesses inherit this: there the test-only engine backends
+    # named by import path (tests.support.engines:faulty) import as they do here.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "backends: run once per Delta backend (the backend is what is under test)")
     for name, text in TIERS.items():
         config.addinivalue_line("markers", f"{name}: tier: {text}")
 
 
-def pytest_collection_modifyitems(items):
+def tier_of(path: Path, root: Path) -> str:
+    parts = path.relative_to(root / "tests").parts
+    if len(parts) < 2 or parts[0] not in TIERS:
+        raise pytest.UsageError(f"{path}: a test lives in a tier folder, tests/<{'|'.join(TIERS)}>/")
+    return parts[0]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by session-scoped params (the backend)
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its folder's tier, and run the tiers in TIERS' order, the fastest first."""
+    order = list(TIERS)
     for item in items:
-        if any(item.get_closest_marker(name) for name in TIERS):
-            continue
-        fixtures = set(item.fixturenames)
-        item.add_marker("engine" if fixtures & ENGINE_FIXTURES else "spark" if "spark" in fixtures else "unit")
+        item.add_marker(tier_of(item.path, config.rootpath))
+    items.sort(key=lambda item: order.index(tier_of(item.path, config.rootpath)))
+
+
+def pytest_generate_tests(metafunc):
+    explicit = any("backend" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if "backend" in metafunc.fixturenames and not explicit:
+        both = metafunc.definition.get_closest_marker("backends") is not None
+        metafunc.parametrize("backend", BACKENDS if both else ("rs",), indirect=True, scope="session")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    started = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        stats = TIER_STATS[tier_of(item.path, item.config.rootpath)]
+        stats["tests"] += 1
+        stats["seconds"] += time.perf_counter() - started
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.outcome != "passed":
+        TIER_STATS[report.nodeid.split("/")[1]]["outcomes"][report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIER_STATS:
+        terminalreporter.section("tiers: tests, seconds")
+        for tier in (t for t in TIERS if t in TIER_STATS):
+            s = TIER_STATS[tier]
+            outcomes = ", ".join(f"{n} {what}" for what, n in sorted(s["outcomes"].items()))
+            terminalreporter.write_line(f"{tier:8s} {s['tests']:4d} tests {s['seconds']:8.1f} s  ({outcomes})")
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
+def shared_data():
     if not (SHARED_DATA / "prompts").is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (CI checks it out beside the repo)")
     return SHARED_DATA
-
-
-def make_conf(tmp_path: Path, *sets: str, files: tuple[str, ...] = ("conf/local.yaml",)):
-    from instructlake.jobs.config import load_config
-
-    return load_config(
-        [REPO / f for f in files],
-        [
-            f"run.lake_root={tmp_path / 'lake'}", f"run.work_dir={tmp_path / 'work'}", f"delta.ivy_dir={IVY_DIR}",
-            "spark.fast_jvm_start=true", *sets,
-        ],  # fmt: skip
-    )
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +109,9 @@ def spark(tmp_path_factory):
     session.stop()
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(scope="session")
 def backend(request) -> str:
-    return request.param
+    return getattr(request, "param", "rs")
 
 
 @pytest.fixture
@@ -102,20 +129,6 @@ def ctx_factory(spark, tmp_path, backend):
 
 
 @pytest.fixture(scope="module")
-def work_dir(tmp_path_factory) -> Path:
+def work_dir(tmp_path_factory):
     """run.work_dir of an LLM test module: the tiny model is built there once per module."""
     return tmp_path_factory.mktemp("llm_work")
-
-
-def response(prompt, i, lang, finish="stop", text=None, task="respond", system="Be helpful."):
-    """A `responses` row as the generate stage writes it, for stages that consume responses."""
-    from instructlake.udfs.text import content_hash, prompt_id
-
-    pid = prompt_id(prompt)
-    return dict(
-        response_id=content_hash(pid, "m", "g", str(i)), prompt_id=pid, origin_prompt_id=None, task=task, lang=lang,
-        model="m", gen_config_id="g", sample_index=i, n=2, temperature=0.6, top_p=1.0, max_tokens=32, seed=1,
-        system_prompt=system, prompt_text=prompt, text=f"answer {i} <b>to</b> {prompt[:20]}" if text is None else text,
-        finish_reason=finish, prompt_tokens=10, completion_tokens=5 + i, latency_s=0.1, engine="vllm",
-        engine_version="vllm-0.32.0", run_id="r0", created_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-    )  # fmt: skip

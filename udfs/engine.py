@@ -9,15 +9,22 @@ memory. Importing this module imports neither vllm nor torch.
 A batch never fails because of one row: a prompt that does not fit the context becomes a
 `prompt_too_long` result, and a batch the backend raises on is bisected until the failing requests are
 isolated, each of which becomes an error result. Only a dead engine is fatal.
+
+Backends are a registry, `BACKENDS` (vllm, transformers, scripted). An engine spec's `backend` may also be
+an import path `package.module:attr` naming a factory `(spec: EngineSpec, device: str) -> BatchEngine` of
+one's own (an engine client, say): `backend_factory` imports it where the engine is built, on the executor,
+so its module must be importable there (installed, or on the workers' PYTHONPATH).
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import importlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -30,7 +37,8 @@ from typing import Any, Literal, Protocol
 log = logging.getLogger(__name__)
 
 PROMPT_TOO_LONG = "prompt_too_long"
-Backend = Literal["vllm", "transformers", "scripted"]  # the engines of _BACKENDS, for the config types
+# `package.module:attr` (attr may be dotted): a backend factory of one's own, imported where the engine is built
+BACKEND_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 FATAL_ERRORS = frozenset({"EngineDeadError"})  # the engine is unusable: retrying rows would be pointless
 
 # Measured on CPU machines (ENVIRONMENT.md): an in-process engine starts in 2-3 s and works in forked
@@ -103,7 +111,7 @@ class Engine(Protocol):
 class EngineSpec:
     """What to build. `get_engine` accepts this or the same keys as a plain dict."""
 
-    backend: Backend
+    backend: str  # a name in BACKENDS, or an import path `package.module:attr` (backend_factory)
     model: str  # local path, or a hub id where the cluster can reach one
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine_args: Mapping[str, Any] = field(default_factory=dict)  # vllm.LLM keyword arguments
@@ -111,7 +119,6 @@ class EngineSpec:
     cpu_threads: int = 1  # OMP/torch threads of a CPU engine; Spark would otherwise give it all cores
     env: Mapping[str, str] = field(default_factory=dict)  # set before the engine is built
     scratch_dir: str | None = None  # where vLLM's temp files, sockets and caches go
-    inject_faults: Sequence[str] = ()  # test hook: request keys whose batches raise (FaultInjector)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> EngineSpec:
@@ -119,18 +126,18 @@ class EngineSpec:
         if unknown:
             raise ValueError(f"unknown engine spec keys: {sorted(unknown)}")
         out = cls(**spec)
-        if out.backend not in _BACKENDS or out.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"invalid engine spec: backend={out.backend!r} device={out.device!r}")
+        try:
+            check_backend(out.backend)  # the name only: an import path is imported where the engine is built
+        except ValueError as exc:
+            raise ValueError(f"invalid engine spec: {exc}") from None
+        if out.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"invalid engine spec: device={out.device!r}")
         return out
 
     def cache_key(self) -> str:
-        """Stable across processes and key order; fault injection does not change the engine built."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "inject_faults"}
+        """Stable across processes and key order."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class InjectedFault(RuntimeError):
-    """Raised by FaultInjector."""
 
 
 class BatchEngine(ABC):
@@ -151,7 +158,7 @@ class BatchEngine(ABC):
     def _mark_dead(self) -> None:
         self.dead = True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a default: an engine without a model (scripted) frees nothing
         """Free what the engine holds (its model's memory); it is unusable afterwards."""
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
@@ -188,29 +195,6 @@ class BatchEngine(ABC):
                 return [Result.failed(requests[0].key, type(exc).__name__, str(exc))]
             mid = len(requests) // 2
             return self._isolate(requests[:mid]) + self._isolate(requests[mid:])
-
-
-class FaultInjector(BatchEngine):
-    """Test fault injector: any batch holding a key in `fail_keys` raises before reaching the engine.
-
-    It goes through the same bisection as real failures, so tests (and Spark job tests, via the spec's
-    `inject_faults`) can check that one bad request costs only its own row.
-    """
-
-    def __init__(self, inner: BatchEngine, fail_keys: Sequence[str]):
-        self.inner, self.fail_keys = inner, frozenset(fail_keys)
-        self.version, self.max_model_len = inner.version, inner.max_model_len
-
-    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
-        if bad := sorted(r.key for r in requests if r.key in self.fail_keys):
-            raise InjectedFault(f"injected fault for {bad}")
-        return self.inner._run_batch(requests)
-
-    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return self.inner.count_prompt_tokens(messages)
-
-    def _mark_dead(self) -> None:
-        self.inner.dead = True
 
 
 def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
@@ -528,11 +512,46 @@ def lock_gpus(addresses: Sequence[str], lock_dir: str | Path, wait_s: float | No
         _GPU_LOCKS[address] = fh
 
 
-_BACKENDS: dict[str, Callable[[EngineSpec, str], BatchEngine]] = {
+BackendFactory = Callable[[EngineSpec, str], BatchEngine]
+# The registered backends by name. A name added here in a driver script is unknown to the executors' Python
+# workers; name a factory of one's own by its import path instead (backend_factory).
+BACKENDS: dict[str, BackendFactory] = {
     "vllm": VllmEngine,
     "transformers": TransformersEngine,
     "scripted": ScriptedEngine,
 }
+
+
+def _backend_forms() -> str:
+    return f"one of {sorted(BACKENDS)}, or an import path 'package.module:factory' naming a factory (spec, device) -> BatchEngine"
+
+
+def check_backend(name: Any) -> str:
+    """`name` if it can name a backend: a registered one, or an import path `package.module:attr` (checked
+    by its form only, so the driver need not import it); else ValueError. Config validation uses it."""
+    if isinstance(name, str) and (name in BACKENDS or BACKEND_IMPORT_PATH.fullmatch(name)):
+        return name
+    raise ValueError(f"unknown engine backend {name!r}: {_backend_forms()}")
+
+
+def backend_factory(name: str) -> BackendFactory:
+    """The factory of backend `name`: a registered one (BACKENDS), else the `attr` of module `package.module`
+    for an import path `package.module:attr`, imported now; else ValueError."""
+    if name in BACKENDS:
+        return BACKENDS[name]
+    check_backend(name)
+    module_name, _, attr = name.partition(":")
+    try:
+        factory: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"engine backend {name!r}: {type(exc).__name__}: {exc} ({_backend_forms()})") from exc
+    if not callable(factory):
+        raise ValueError(f"engine backend {name!r} is not callable: {_backend_forms()}")
+    return factory
+
+
 _ENGINES: dict[str, BatchEngine] = {}
 _GPUS: dict[str, list[str] | None] = {}  # the GPUs a CUDA engine was built on (None: a CPU engine)
 constructions = 0  # engines built by this process: one per worker is the goal
@@ -567,7 +586,10 @@ def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
             lock_gpus(gpus, spec.scratch_dir or tempfile.gettempdir())
         _prepare_env(spec, device)
         log.info("building %s engine for %s on %s (gpus %s)", spec.backend, spec.model, device, gpus)
-        engine = _ENGINES[key] = _BACKENDS[spec.backend](spec, device)
+        engine = backend_factory(spec.backend)(spec, device)
+        if not isinstance(engine, BatchEngine):
+            raise TypeError(f"engine backend {spec.backend!r} built a {type(engine).__name__}, not a udfs.engine.BatchEngine")
+        _ENGINES[key] = engine
         _GPUS[key] = gpus if device == "cuda" else None
         visible_devices[key] = os.environ.get("CUDA_VISIBLE_DEVICES")
         constructions += 1
@@ -576,4 +598,4 @@ def get_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
         # Spark reuses workers across tasks: the engine stays on the GPU it was built on. Harmless
         # while each executor owns one GPU; with several, a task may run on another task's GPU.
         log.warning("engine built on GPUs %s now serves a task assigned %s", _GPUS[key], now)
-    return FaultInjector(engine, spec.inject_faults) if spec.inject_faults else engine
+    return engine

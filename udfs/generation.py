@@ -50,10 +50,6 @@ SUMMARY_DDL = (
 PLACEMENT_KEYS = ("host", "executor", "task_attempt_id", "gpus")  # where a task ran (engine_task fills them in)
 
 
-class InjectedJobFault(RuntimeError):
-    """Raised by the test-only `fault_after_chunks` switch, after that many chunks were committed."""
-
-
 @dataclass(frozen=True)
 class LLMTask:
     """Everything an engine task needs; built on the driver (jobs.llm.models.llm_task, from the stage's config:
@@ -72,8 +68,6 @@ class LLMTask:
     chat_template: str | None = None
     target_lang: str | None = None  # translate: language code of the translation
     template: str | None = None  # translate, judge, reverse: the step's prompt template; None: the udfs.prompts default
-    fault_after_chunks: int | None = None  # TEST ONLY: fail each task after this many committed chunks
-    inject_faults: Sequence[str] = field(default_factory=tuple)  # TEST ONLY: prompt ids whose requests raise
     # The kinds this job's rows may be of: every registered kind writing the job kind's table, resolved on
     # the driver and pickled with the task, so an executor needs no registration of its own.
     kinds: Mapping[str, K.Kind] = field(default_factory=dict)
@@ -108,10 +102,7 @@ class LLMTask:
         return gen_config_id({**self.gen_config, "task": row_task})
 
     def spec(self) -> dict[str, Any]:
-        spec = dict(self.engine)
-        if self.inject_faults:
-            spec["inject_faults"] = list(self.inject_faults)
-        return spec
+        return dict(self.engine)
 
 
 class Sink(Protocol):
@@ -228,7 +219,6 @@ def run_partition(
     spec_key = E.EngineSpec.from_dict(task.spec()).cache_key()
     engine: Any = None
     engine_start = 0.0
-    committed = 0
     pending: list[tuple[Future, dict[str, Any], float]] = []
 
     def summary(chunk: int, status: str, **values: Any) -> dict[str, Any]:
@@ -245,17 +235,13 @@ def run_partition(
 
     def settle(block_all: bool) -> Iterator[pd.DataFrame]:
         """Yield the summaries of finished commits (all of them when block_all)."""
-        nonlocal committed
         while pending and (block_all or pending[0][0].done()):
             future, row, submitted = pending.pop(0)
             written = future.result()  # re-raises a failed commit: the task fails, the chunk is not lost
-            committed += 1
             row.update(status="committed" if written else "already_committed", commit_s=time.perf_counter() - submitted)
             if not written:
                 row["rows_out"] = 0
             yield pd.DataFrame([row])
-            if task.fault_after_chunks is not None and committed >= task.fault_after_chunks:
-                raise InjectedJobFault(f"fault_after_chunks={task.fault_after_chunks}: partition {partition} stops")
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as pool:
         try:

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from instructlake.jobs.config import CONF_DIR, Config, LLMStageConf
+from instructlake.jobs.config import CONF_DIR, Backend, Config, LLMStageConf
 from instructlake.udfs import generation as G
 from instructlake.udfs import kinds as K
-from instructlake.udfs.engine import Backend, SamplingConfig
+from instructlake.udfs.engine import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,5 @@ def llm_task(ctx: Any, llm: LLMStageConf, model: ResolvedModel, kind: str, **fie
         batch_size=llm.batch_size,
         chunk_rows=llm.chunk_rows,
         progress_interval_s=llm.progress_interval_s,
-        fault_after_chunks=llm.fault_after_chunks,
         **fields,
     )
