@@ -11,7 +11,7 @@ SET ?=
 TORCH_WHEEL := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
 STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup demo pipeline test test-unit bench clean
+.PHONY: setup demo pipeline lint test test-unit bench clean
 
 setup: $(STAMP)
 
@@ -35,13 +35,18 @@ demo: setup pipeline
 pipeline:
 	$(VENV)/bin/instructlake pipeline $(addprefix --conf ,$(CONF)) $(SET)
 
-test: setup
-	$(PY) -m pytest tests -q -rs --timeout=900 --durations=40
+# ruff (its rules and why: ruff.toml), then every tier; the log ends with the 25 slowest tests and each
+# tier's count and seconds.
+test: setup lint
+	$(PY) -m pytest tests -q -rs --timeout=900 --durations=25
 
-# The unit tier, under a minute; the others (tests/conftest.py TIERS: spark, engine, cluster) by marker:
-# .venv/bin/python -m pytest tests -m "spark and not cluster"
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# One tier per folder (tests/unit, tests/spark, tests/engine, tests/cluster): `make test-unit` is the
+# one with no Spark and no engine, under a minute; `.venv/bin/python -m pytest tests/spark` runs another.
 test-unit: setup
-	$(PY) -m pytest tests -q -m unit
+	$(PY) -m pytest tests/unit -q
 
 bench: setup
 	$(PY) benchmarks/generate_bench.py

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import curate_bench  # noqa: E402
-from curate_bench import REPO, SHARED, write_prompts_raw  # noqa: E402
+import curate_bench
+from curate_bench import REPO, SHARED, write_prompts_raw
 
 ARENA = SHARED / "en_arena_hard_v0.1.jsonl"
 WRAP = [("Quick question from my homework: ", " Please keep it short."), ("My boss asked me this today. ", " Thanks!")]

@@ -114,7 +114,7 @@ def main() -> None:
     print(f"maintain: {maintain_s:.1f} s; files {stats['before']['files']:,} -> {stats['after']['files']:,}, "
           f"{stats['before']['bytes'] / 2**20:.1f} MB -> {stats['after']['bytes'] / 2**20:.1f} MB, "
           f"rows {stats['before']['rows']:,} -> {stats['after']['rows']:,}\n")  # fmt: skip
-    print("| query (best of %d) | before (s) | after (s) | speed-up |" % args.repeat)
+    print(f"| query (best of {args.repeat}) | before (s) | after (s) | speed-up |")
     print("|---|---:|---:|---:|")
     for engine, label in (("spark", "Spark: store.read + groupBy"), ("duckdb", "DuckDB: `instructlake sql` connection + query")):
         print(f"| {label} | {before[engine]:.2f} | {after[engine]:.2f} | {before[engine] / after[engine]:.1f}x |")

@@ -92,7 +92,7 @@ def card_facts(ctx: Context, exported: DataFrame, left_out: dict[str, int], data
     if store.exists("judgements"):
         scores = store.read("judgements").join(ids, "response_id").where(F.col("score").isNotNull())
         hist = scores.groupBy("judge_model", F.floor("score").cast("int").alias("score")).count().collect()
-        facts["judge_scores"] = sorted(((r["judge_model"], r["score"], r["count"]) for r in hist))
+        facts["judge_scores"] = sorted((r["judge_model"], r["score"], r["count"]) for r in hist)
     return facts
 
 

@@ -8,7 +8,7 @@ Every round is checkpointed, so the plan stays one round deep however many round
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F

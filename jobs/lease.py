@@ -191,7 +191,7 @@ class Lease:
             self._thread.join()
         self._release_rows()
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self.acquire()
         return self
 

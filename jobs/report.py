@@ -23,6 +23,7 @@ from instructlake.jobs.llm.select import error_status
 from instructlake.jobs.runs import Context, StageResult, latest_stats, utcnow
 from instructlake.udfs.curate import PER_ITEM_REASON
 
+
 def _table(rows: list[dict[str, Any]], title: str) -> str:
     if not rows:
         return f"<h3>{html.escape(title)}</h3><p class=empty>no rows</p>"

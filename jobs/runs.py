@@ -74,7 +74,7 @@ class Context:
     run_id: str
 
     @classmethod
-    def create(cls, conf: Config, spark: SparkSession | None = None) -> "Context":
+    def create(cls, conf: Config, spark: SparkSession | None = None) -> Context:
         spark = spark or build_session(conf)
         store = open_store(spark, conf, choose_backend(spark, conf))
         return cls(spark=spark, conf=conf, store=store, run_id=conf.run.run_id or new_run_id())

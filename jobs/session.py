@@ -47,8 +47,8 @@ def worker_env(conf: Config) -> dict[str, str]:
 
 def _resolution_error(log_text: str) -> str:
     """Ivy's verdict (the unresolved dependency, a refused download) out of spark-submit's output."""
-    lines = [l.strip() for l in log_text.splitlines() if l.strip()]
-    verdict = [l for l in lines if "unresolved dependency" in l or "Server access error" in l or "UnknownHost" in l]
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    verdict = [line for line in lines if "unresolved dependency" in line or "Server access error" in line or "UnknownHost" in line]
     return (verdict or lines or ["no output"])[-1]
 
 

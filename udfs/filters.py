@@ -130,13 +130,14 @@ def _finds(rx: re.Pattern[str], valid: Callable[[str], bool] | None = None, grou
     return lambda text: any(valid is None or valid(m.group(group)) for m in rx.finditer(text))
 
 
+_generic_secret = _finds(_GENERIC_SECRET, _is_key_like, 1)
 _DETECTORS: dict[str, Callable[[str], bool]] = {
     "email": _finds(_EMAIL),
     "phone": _finds(_PHONE, _is_phone),
     "ipv4": _finds(_IPV4, _is_global_ip),
     "ipv6": _finds(_IPV6, _is_global_ip),
     "credit_card": _finds(_CARD, _is_card),
-    "secret": lambda t, generic=_finds(_GENERIC_SECRET, _is_key_like, 1): _SECRET.search(t) is not None or generic(t),
+    "secret": lambda t: _SECRET.search(t) is not None or _generic_secret(t),
     "name_placeholder": _finds(_NAME_PLACEHOLDER),
 }
 

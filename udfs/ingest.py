@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from itertools import accumulate
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
