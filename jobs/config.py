@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from instructlake.udfs.engine import check_backend
 
@@ -23,8 +34,24 @@ if not (CONF_DIR / "default.yaml").exists():  # installed non-editable: conf shi
     CONF_DIR = Path(__file__).resolve().parent / "conf"
 DEFAULT_FILE = CONF_DIR / "default.yaml"
 
-SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|private_?key|credential)", re.I)
+# A key is secret when one of its words is a credential word. Words: the key split at `.`, `_`, `-` and
+# every other non-alphanumeric, and at camelCase humps (apiKey, sasToken), case-folded. Credential words:
+# token, secret, password, passwd, passphrase, key, credential(s), signature, alone or closing a compound
+# (apikey, accountkey, sastoken), and sas, auth, oauth. Whole words only, so a word that merely contains one
+# names no credential: max_tokens and near_max_tokens (counts), tokenizer, keys, passage_template,
+# require_checks_passed keep their values. The rule errs on the safe side: a structural key built on the
+# word `key` (sort_key, key_columns; none in conf/default.yaml) would be hidden from the snapshot, which
+# costs a line of a run record; a credential under a key the rule missed would be stored in the lake.
+_SECRET_WORD = re.compile(r"[a-z]*(?:token|secret|password|passwd|passphrase|key|credentials?|signature)|sas|o?auth")
+_KEY_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+# Credentials in a URL's user part (s3a://KEY:SECRET@bucket, https://user:pass@host). Only a user part
+# with a password: abfss://container@account... and wasbs:// name the container there, no secret.
+_URL_CREDENTIALS = re.compile(r"""\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s:"']*:[^@\s"']*?@""")
 REDACTED = "***REDACTED***"
+SAFE_RETENTION_HOURS = 168  # Delta's default: below it a VACUUM may delete files a running writer still commits
+# Run ids name files (report-<id>.html, staged chunk files), Delta transaction app ids and URLs: a letter or
+# digit, then letters, digits, `.`, `_`, `-` (no `/`, no `..`, no whitespace), 128 characters at most.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -48,9 +75,27 @@ class LeaseConf(_Section):
         return self
 
 
+def check_run_id(run_id: str) -> str:
+    """`run_id`, if it is safe wherever a run id goes (RUN_ID, no `..`); else ValueError."""
+    if not RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(
+            f"{run_id!r} is no run id: run ids name files, Delta app ids and URLs, so 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, no '..'"
+        )
+    return run_id
+
+
+def _run_id(v: Any) -> Any:
+    if v is None or v == "":  # null or empty (a notebook's blank widget): a fresh id per invocation
+        return None
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    return check_run_id(v) if isinstance(v, str) else v
+
+
 class RunConf(_Section):
     lake_root: str
-    run_id: str | None
+    run_id: Annotated[str | None, BeforeValidator(_run_id)]
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
     work_dir: str
     lease: LeaseConf
@@ -272,8 +317,19 @@ class MaintainConf(_Section):
     compact: bool
     target_file_mb: int = Field(ge=1)
     vacuum: bool
+    force: bool  # before retention_hours: its check reads it
     retention_hours: int = Field(ge=0)
     staging: bool
+
+    @field_validator("retention_hours")
+    @classmethod
+    def _safe_retention(cls, v: int, info: ValidationInfo) -> int:
+        if v < SAFE_RETENTION_HOURS and not info.data.get("force"):
+            raise ValueError(
+                f"{v} is under {SAFE_RETENTION_HOURS} hours, Delta's safe minimum: a VACUUM could delete files a concurrent writer "
+                "is still committing; set maintain.force: true if no other run writes the tables (runs and leases keep 168 hours still)"
+            )
+        return v
 
     @field_validator("tables")
     @classmethod
@@ -420,6 +476,7 @@ class Config(_Section):
     report: ReportConf
     maintain: MaintainConf
     pipeline: PipelineConf
+    _env_values: tuple[str, ...] = PrivateAttr(default=())  # what ${env:...} references took from the environment
 
     @field_validator("pipeline")
     @classmethod
@@ -437,27 +494,38 @@ class Config(_Section):
         return {name: v for name in type(self).model_fields if isinstance(v := getattr(self, name), LLMStageConf)}
 
     def snapshot(self) -> dict[str, Any]:
-        """The config as plain data with every secret-looking value redacted (safe for logs and tables)."""
-        return redact(self.model_dump(by_alias=True))
+        """The config as plain data, safe for logs and tables: every value under a secret key (or under
+        `secrets:`) redacted, credentials in URLs redacted, and every secret value (those, and whatever came
+        from the environment) scrubbed wherever else it appears."""
+        values = secret_values(self)
+        return _scrub_tree(redact(self.model_dump(by_alias=True)), values)
+
+
+def secret_key(key: Any) -> bool:
+    """Whether a config key names a credential (the rule: _SECRET_WORD above)."""
+    return str(key) == "secrets" or any(_SECRET_WORD.fullmatch(w.lower()) for w in _KEY_WORD.findall(str(key)))
 
 
 def redact(tree: Any, secret: bool = False) -> Any:
     """Replace every value under a secret-looking key (or under `secrets:`) with a marker."""
     if isinstance(tree, dict):
-        return {k: redact(v, secret or k == "secrets" or bool(SECRET_KEY.search(str(k)))) for k, v in tree.items()}
+        return {k: redact(v, secret or secret_key(k)) for k, v in tree.items()}
     if isinstance(tree, list):
         return [redact(v, secret) for v in tree]
     return REDACTED if secret and tree not in (None, "") else tree
 
 
 def secret_values(conf: Config) -> list[str]:
-    """Every configured value that `redact` would hide (so free text such as errors can be scrubbed)."""
-    found: list[str] = []
+    """Every configured value that `redact` would hide, and every value an ${env:...} reference took from
+    the environment (so free text such as errors, and other fields, can be scrubbed of them). Values
+    shorter than 4 characters are left alone, and environment values under 8 unless under a secret key:
+    scrubbing `1` or `main` would cut common words out of every record, and no credential is that short."""
+    found: list[str] = [v for v in conf._env_values if len(v) >= 8]
 
     def walk(tree: Any, secret: bool) -> None:
         if isinstance(tree, dict):
             for k, v in tree.items():
-                walk(v, secret or k == "secrets" or bool(SECRET_KEY.search(str(k))))
+                walk(v, secret or secret_key(k))
         elif isinstance(tree, list):
             for v in tree:
                 walk(v, secret)
@@ -465,22 +533,45 @@ def secret_values(conf: Config) -> list[str]:
             found.append(tree)
 
     walk(conf.model_dump(by_alias=True), False)
-    return found
+    return sorted(set(found), key=len, reverse=True)
 
 
-def scrub(text: str, conf: Config) -> str:
-    for value in sorted(secret_values(conf), key=len, reverse=True):
+def _scrub_text(text: str, values: list[str]) -> str:
+    text = _URL_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
+    for value in values:  # longest first: a secret that holds another is replaced whole
         text = text.replace(value, REDACTED)
     return text
 
 
-def _interpolate_env(value: Any) -> Any:
+def _scrub_tree(tree: Any, values: list[str]) -> Any:
+    if isinstance(tree, dict):
+        return {k: _scrub_tree(v, values) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_scrub_tree(v, values) for v in tree]
+    return _scrub_text(tree, values) if isinstance(tree, str) and tree != REDACTED else tree
+
+
+def scrub(text: str, conf: Config) -> str:
+    """Free text (an error, a log line) without the config's secret values and without URL credentials."""
+    return _scrub_text(text, secret_values(conf))
+
+
+def _interpolate_env(value: Any, taken: list[str]) -> Any:
+    """${env:NAME} and ${env:NAME:-fallback} replaced; each value taken from the environment is added to
+    `taken` (a fallback is written in the config, in clear, and is not)."""
+
+    def lookup(m: re.Match) -> str:
+        if m.group(1) in os.environ:
+            taken.append(os.environ[m.group(1)])
+            return os.environ[m.group(1)]
+        return m.group(2) or ""
+
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        return _ENV_REF.sub(lookup, value)
     if isinstance(value, dict):
-        return {k: _interpolate_env(v) for k, v in value.items()}
+        return {k: _interpolate_env(v, taken) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate_env(v) for v in value]
+        return [_interpolate_env(v, taken) for v in value]
     return value
 
 
@@ -562,10 +653,13 @@ def load_config(files: list[str | Path] | None = None, sets: list[str] | None = 
             nested = {p: nested}
         tree = _merge(tree, nested, f"--set {'.'.join(parts)}", provenance)
     tree = _inherit_llm(tree, provenance)
+    taken: list[str] = []
     try:
-        return Config.model_validate(_interpolate_env(tree))
+        conf = Config.model_validate(_interpolate_env(tree, taken))
     except ValidationError as e:
         raise ConfigError(_explain(e, provenance)) from None
+    conf._env_values = tuple(taken)
+    return conf
 
 
 def _inherit_llm(tree: dict, provenance: dict[str, str]) -> dict:

@@ -11,13 +11,13 @@ Both tables are upserted on their keys: re-running on the same input commits not
 from __future__ import annotations
 
 import glob
-import gzip
-import json
 import logging
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -35,33 +35,108 @@ _JSON_EXT = (".json", ".json.gz")
 _PARQUET_EXT = (".parquet",)
 
 
-def _open(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+_WHITESPACE = b" \t\r\n"
+_SNIFF_CHUNK = 1 << 16
+_SNIFF_LIMIT = 1 << 24  # leading whitespace read before giving up: a file of blanks is JSON Lines (no records)
 
 
-def detect_format(path: str) -> str:
-    """jsonl | json | parquet from the extension; a local `.json` is sniffed, since many datasets ship
-    JSON Lines under that name: a first line that parses on its own means JSON Lines."""
+class HadoopFiles:
+    """Remote files (any URI) through the session's Hadoop file systems: the ones, and the credentials,
+    Spark reads the data with. Driver-side, for what ingest must see before Spark reads: the files a
+    remote glob matches and their first bytes."""
+
+    def __init__(self, spark: SparkSession):
+        self.jvm = getattr(spark, "_jvm", None)  # none under Spark Connect
+        self.hadoop = spark._jsc.hadoopConfiguration() if self.jvm is not None else None
+
+    def _fs(self, uri: str):
+        if self.jvm is None:
+            raise ValueError(f"ingest: cannot look into {uri} from this session (no JVM); set format: jsonl|json on this input")
+        path = self.jvm.org.apache.hadoop.fs.Path(uri)
+        return path, path.getFileSystem(self.hadoop)
+
+    def glob(self, uri: str) -> list[str]:
+        """The files a URI names, sorted: a file, a glob's matches, a folder's files (recursively, as a
+        local folder's; hidden and `_` files left out, as Spark's readers do)."""
+        path, fs = self._fs(uri)
+        found = []
+        for status in fs.globStatus(path) or []:
+            if status.isFile():
+                found.append(str(status.getPath().toString()))
+                continue
+            listing = fs.listFiles(status.getPath(), True)
+            while listing.hasNext():
+                f = listing.next().getPath()
+                if not str(f.getName()).startswith((".", "_")):
+                    found.append(str(f.toString()))
+        if not found:
+            raise FileNotFoundError(f"ingest.inputs: nothing matches {uri!r}")
+        return sorted(found)
+
+    def chunks(self, uri: str) -> Iterator[bytes]:
+        path, fs = self._fs(uri)
+        stream = fs.open(path)
+        try:
+            while chunk := bytes(stream.readNBytes(_SNIFF_CHUNK)):
+                yield chunk
+        finally:
+            stream.close()
+
+
+def _local_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(_SNIFF_CHUNK):
+            yield chunk
+
+
+def _gunzipped(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Decompressed chunks of a gzip stream (members one after another); zlib.error where it is no gzip."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    for chunk in chunks:
+        while chunk:
+            if out := d.decompress(chunk):
+                yield out
+            chunk = d.unused_data if d.eof else b""
+            if d.eof:
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+
+def first_byte(chunks: Iterator[bytes]) -> bytes:
+    """The file's first byte that is not whitespace, past a UTF-8 BOM; b"" for a file of blanks."""
+    head, start, seen = b"", True, 0
+    for chunk in chunks:
+        head += chunk
+        if start:
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                continue  # a BOM cut across chunks
+            head, start = head.removeprefix(_BOM), False
+        if rest := head.lstrip(_WHITESPACE):
+            return rest[:1]
+        seen, head = seen + len(head), b""
+        if seen > _SNIFF_LIMIT:
+            break
+    return b""
+
+
+def detect_format(path: str, remote: HadoopFiles | None = None) -> str:
+    """jsonl | json | parquet from the extension. A `.json` (or `.json.gz`) is a JSON document when its first
+    byte past a BOM and whitespace is `[` (an array, one record per element), else JSON Lines (many
+    datasets ship them under that name): the first line's content decides nothing, so a malformed or huge
+    first line is one reject, not the whole file. Remote files are looked into through `remote`."""
     lower = path.lower()
     if lower.endswith(_PARQUET_EXT):
         return "parquet"
     if lower.endswith(_LINE_EXT):
         return "jsonl"
     if lower.endswith(_JSON_EXT):
-        if "://" in path:
-            return "jsonl"
+        if "://" in path and remote is None:
+            raise ValueError(f"ingest: cannot look into {path} to tell JSON from JSON Lines; set format: jsonl|json on this input")
+        chunks = remote.chunks(path) if "://" in path else _local_chunks(path)
         try:
-            with _open(path) as f:
-                first = f.readline(1 << 20).removeprefix(_BOM).strip()
-        except (OSError, EOFError):  # not gzip after all: the JSON reader reports the file as unreadable
+            first = first_byte(_gunzipped(chunks) if lower.endswith(".gz") else chunks)
+        except (zlib.error, OSError):  # not gzip after all, or unreadable: the JSON reader reports the file
             return "json"
-        if first.startswith(b"["):
-            return "json"
-        try:
-            json.loads(first)
-            return "jsonl"
-        except ValueError:
-            return "json"
+        return "json" if first == b"[" else "jsonl"
     raise ValueError(f"ingest: cannot tell the format of {path}; set format: jsonl|json|parquet on this input")
 
 
@@ -79,10 +154,32 @@ def expand(inp: InputConf) -> list[str]:
     return [str(Path(f).resolve()) for f in files]
 
 
+def input_files(inputs: list[InputConf], remote: HadoopFiles | None = None) -> list[tuple[InputConf, str, str]]:
+    """(input, file, format) for every file the inputs name, each file once: a file an earlier input matched
+    too is read with that input's settings only (read twice, each record would be a duplicate_key reject
+    of itself). A remote `.json` input of format auto is listed through `remote`, so each of its files is
+    looked into; other remote inputs pass to Spark as given."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, inp in enumerate(inputs):
+        files = expand(inp)
+        if inp.format == "auto" and remote is not None:
+            files = [f for uri in files for f in (remote.glob(uri) if "://" in uri and uri.lower().endswith(_JSON_EXT) else [uri])]
+        for f in files:
+            if f in seen:
+                log.warning("ingest.inputs.%d (%s) matches %s, which ingest.inputs.%d already reads: read once, with that input's settings", i, inp.path, f, seen[f])
+                continue
+            seen[f] = i
+            out.append((inp, f, inp.format if inp.format != "auto" else detect_format(f, remote)))
+    return out
+
+
 def _numbered_lines(spark: SparkSession, files: list[str]) -> DataFrame:
     """JSON Lines with true 1-based line numbers. Spark splits big files; one cheap pass counts the lines
     of each split so every task can number its own lines without seeing the others."""
-    lines = spark.read.text(files).select(
+    # Lines end at LF only, as in gzip files (udfs.records.gzip_lines): Spark's default also splits at a bare
+    # CR, which JSON allows as whitespace inside a record. A CRLF's CR is dropped below.
+    lines = spark.read.option("lineSep", "\n").text(files).select(
         F.col("_metadata.file_path").alias("input_file"),
         F.col("_metadata.file_block_start").alias("block"),
         F.col("value").cast("binary").alias("raw"),  # the bytes as read, so invalid UTF-8 stays visible
@@ -100,7 +197,9 @@ def _numbered_lines(spark: SparkSession, files: list[str]) -> DataFrame:
             for k in zip(b.column("input_file").to_pylist(), b.column("block").to_pylist()):
                 seen[k] = seen.get(k, 0) + 1
                 index.append(offsets[k] + seen[k])
-            columns = [b.column("input_file"), pa.array(index), b.column("raw"), pa.nulls(b.num_rows)]
+            raw = b.column("raw")
+            raw = pc.if_else(pc.ends_with(raw, pattern="\r"), pc.binary_slice(raw, 0, -1), raw)
+            columns = [b.column("input_file"), pa.array(index), raw, pa.nulls(b.num_rows)]
             yield pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(columns, rec.RECORD_SCHEMA)], schema=rec.RECORD_SCHEMA)
 
     return lines.mapInArrow(number, rec.RECORD_DDL)
@@ -127,11 +226,11 @@ def _readers(fmt: str, files: list[str]) -> list[tuple[list[str], Callable | Non
 
 def read_records(spark: SparkSession, inputs: list[InputConf]) -> DataFrame:
     """All inputs as (source, layout, input_file, record_index, raw)."""
+    by_input: dict[int, tuple[InputConf, dict[str, list[str]]]] = {}
+    for inp, f, fmt in input_files(inputs, HadoopFiles(spark)):
+        by_input.setdefault(id(inp), (inp, {}))[1].setdefault(fmt, []).append(f)
     parts = []
-    for inp in inputs:
-        by_format: dict[str, list[str]] = {}
-        for f in expand(inp):
-            by_format.setdefault(inp.format if inp.format != "auto" else detect_format(f), []).append(f)
+    for inp, by_format in by_input.values():
         for fmt, files in by_format.items():
             for group, read in _readers(fmt, files):
                 df = _numbered_lines(spark, group) if read is None else _whole_files(spark, group, read)

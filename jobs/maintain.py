@@ -9,12 +9,17 @@ files vacuumed.
 
 First, with `dedup`, a keyed table that holds a key twice (a lake that concurrent runs wrote before
 leases existed) keeps only the newest row per key: the repair path for doubled lakes.
+
+A retention under Delta's 168 hours needs `maintain.force` (checked at config load), and never reaches
+`runs` and `leases`: every run writes them, at any time, and this stage leases neither, so a VACUUM there
+must keep Delta's safety margin for files a concurrent writer is committing.
 """
 
 from __future__ import annotations
 
 import logging
 
+from instructlake.jobs.config import SAFE_RETENTION_HOURS
 from instructlake.jobs.llm.staging import staging_root
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.jobs.tables import SCHEMAS
@@ -23,6 +28,13 @@ from instructlake.udfs.sinks import remove_stale_temps
 log = logging.getLogger(__name__)
 
 STAGE = "maintain"
+UNLEASED = ("runs", "leases")  # written by every run at any time, never leased (jobs.runs.writes)
+
+
+def vacuum_hours(name: str, retention_hours: int) -> int:
+    """The retention a table is vacuumed with: the configured one, but never under 168 hours for the
+    tables written unleased."""
+    return max(retention_hours, SAFE_RETENTION_HOURS) if name in UNLEASED else retention_hours
 
 
 def run(ctx: Context) -> StageResult:
@@ -43,7 +55,7 @@ def run(ctx: Context) -> StageResult:
         if c.compact:
             entry["compacted"] = store.compact(name, c.target_file_mb * 2**20, run_id=ctx.run_id, stage=STAGE)
         if c.vacuum:
-            entry["vacuumed_files"] = store.vacuum(name, c.retention_hours)
+            entry["vacuumed_files"] = store.vacuum(name, vacuum_hours(name, c.retention_hours))
         entry["after"] = after = store.file_stats(name)
         if after["rows"] != before["rows"]:  # compaction rewrites files, never rows; anything else is a bug
             raise AssertionError(f"maintain changed {name}: {before['rows']} rows before, {after['rows']} after")

@@ -29,13 +29,29 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# Only signed extensions load: the delta extension the pip package ships is signed by DuckDB, so nothing
+# unsigned is needed, and a query (or a file planted beside the package) cannot bring native code in.
+# Nothing is installed or auto-loaded behind the query's back either.
+_SETTINGS = {
+    "allow_unsigned_extensions": "false",
+    "allow_community_extensions": "false",
+    "autoinstall_known_extensions": "false",
+    "autoload_known_extensions": "false",
+}
+
+
 def connect(conf: Config) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per existing Delta table."""
+    """A DuckDB connection with one view per existing Delta table; its configuration locked once set up,
+    so a query cannot loosen it."""
     views = duckdb_views(conf)
-    con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false"})
+    con = duckdb.connect(config=_SETTINGS)
     con.execute(f"LOAD '{_extension_file()}'")
     for name, select in views:
         con.execute(f"CREATE VIEW {_ident(name)} AS {select}")
+    try:
+        con.execute("SET lock_configuration = true")
+    except duckdb.CatalogException:  # a DuckDB without the setting: the settings above hold all the same
+        pass
     return con
 
 

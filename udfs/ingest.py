@@ -36,6 +36,9 @@ OUTPUT_SCHEMA = pa.schema(
 # and is rejected before json.loads would recurse into it.
 MAX_DEPTH = 100
 USER_ROLES = {"user", "human"}
+# The raw text a reject keeps (prompts_rejected.raw): enough to see what is wrong, never a whole shard that
+# happens to be one line. A longer record keeps its first RAW_CAP bytes, its length noted in `detail`.
+RAW_CAP = 1 << 16
 _PLAIN_FIELDS = ("text", "prompt", "instruction")
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
@@ -206,12 +209,25 @@ def parse_batch(batch: pa.RecordBatch, turns: str) -> pa.RecordBatch:
 
 
 def _reject(raw: bytes, input_file: str, index: int, source: str, layout: str, source_id: str, reason: str, detail: str) -> dict:
+    text, cut = _raw_text(raw)
     return {
         "source": source, "input_file": input_file, "record_index": index, "source_id": source_id, "turn": 0,
         "layout": layout, "reason": f"malformed:{reason}",
-        "detail": detail[:500].encode("utf-8", "backslashreplace").decode("utf-8"),
-        "raw": raw.decode("utf-8", errors="backslashreplace"),
+        "detail": detail[:500].encode("utf-8", "backslashreplace").decode("utf-8") + cut,
+        "raw": text,
     }  # fmt: skip
+
+
+def _raw_text(raw: bytes) -> tuple[str, str]:
+    """(the raw record as text, capped at RAW_CAP bytes on a character boundary; the note for `detail`
+    when it was cut, else "")."""
+    raw = raw or b""
+    if len(raw) <= RAW_CAP:
+        return raw.decode("utf-8", errors="backslashreplace"), ""
+    end = RAW_CAP
+    while end > RAW_CAP - 3 and raw[end] & 0xC0 == 0x80:  # inside a UTF-8 sequence: cut before it
+        end -= 1
+    return raw[:end].decode("utf-8", errors="backslashreplace"), f" (raw: the first {end} of {len(raw)} bytes)"
 
 
 def _rows(raw: bytes, input_file: str, index: int, source: str, layout: str, turns: str) -> Iterable[dict]:
@@ -229,8 +245,8 @@ def _rows(raw: bytes, input_file: str, index: int, source: str, layout: str, tur
     base = {"source": source, "input_file": input_file, "record_index": index}
     for turn, row in enumerate(turn_rows):
         text = normalize(row.pop("text"))
+        raw_text, cut = (None, "") if text else _raw_text(raw)
         yield {
             **base, **row, "source_id": source_id or fallback_id, "turn": turn, "layout": found_layout, "text": text,
-            "reason": None if text else "empty", "detail": None,
-            "raw": None if text else raw.decode("utf-8", errors="backslashreplace"),
+            "reason": None if text else "empty", "detail": cut.strip(" ()") or None, "raw": raw_text,
         }  # fmt: skip

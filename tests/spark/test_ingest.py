@@ -146,3 +146,57 @@ def test_no_matching_input_is_a_clear_error(ctx_factory, tmp_path):
     run = ctx.store.read("runs").first()
     assert run.status == "failed" and "nothing matches" in run.error
 
+
+
+def counts_by_source(ctx):
+    kept = {r["source"]: r["count"] for r in ctx.store.read("prompts_raw").groupBy("source").count().collect()}
+    rejected = {r["source"]: r["count"] for r in ctx.store.read("prompts_rejected").groupBy("source").count().collect()}
+    return {s: (kept.get(s, 0), rejected.get(s, 0)) for s in sorted(set(kept) | set(rejected))}
+
+
+@pytest.fixture
+def remote_dir(spark, tmp_path):
+    """A folder of tmp_path seen through a URI (Hadoop's viewfs://, a mount table over file://): what ingest
+    does with s3://, abfss:// or gs:// files, on the session's own Hadoop file systems."""
+    name = f"il{abs(hash(str(tmp_path))) % 10**9}"
+    (tmp_path / "remote").mkdir()
+    hadoop, key = spark._jsc.hadoopConfiguration(), f"fs.viewfs.mounttable.{name}.link./r"
+    hadoop.set(key, (tmp_path / "remote").as_uri())
+    yield tmp_path / "remote", f"viewfs://{name}/r"
+    hadoop.unset(key)
+
+
+def test_json_or_json_lines_by_the_first_byte_local_and_remote(ctx_factory, tmp_path, remote_dir):
+    """A `.json` file is a JSON array when its first byte (past a BOM and whitespace) is `[`, else JSON Lines,
+    local or remote: a malformed first line costs that line only, a pretty-printed remote array is read
+    element by element."""
+    folder, uri = remote_dir
+    good = [{"id": f"g{i}", "text": f"prompt number {i}"} for i in range(200)]
+    lines = b'{"id": "broken", "text": "cut\n' + b"".join(json.dumps(r).encode() + b"\n" for r in good)
+    (tmp_path / "local_lines.json").write_bytes(lines)
+    (folder / "lines.json").write_bytes(lines)
+    (folder / "array.json").write_bytes(b"\xef\xbb\xbf\n" + json.dumps(good[:30], indent=2).encode())
+    ctx = ctx_factory(
+        f"ingest.inputs=[{{path: '{tmp_path}/local_lines.json', source: local}}, {{path: '{uri}/arr*.json', source: remote_array}},"
+        f" {{path: '{uri}/lines.json', source: remote_lines}}]"
+    )
+    result = run_stage(ctx, "ingest")
+    assert counts_by_source(ctx) == {"local": (200, 1), "remote_array": (30, 0), "remote_lines": (200, 1)}
+    assert (result.rows_in, result.rows_out) == (432, 430)
+    bad = ctx.store.read("prompts_rejected").filter("source = 'remote_lines'").first()
+    assert (bad.reason, bad.record_index, bad.input_file) == ("malformed:bad_json", 1, f"{uri}/lines.json")
+    assert {r.record_index for r in ctx.store.read("prompts_raw").filter("source = 'remote_array'").collect()} == set(range(30))
+
+
+def test_a_bare_cr_splits_no_record_in_plain_or_gzip_json_lines(ctx_factory, tmp_path):
+    """Records end at LF only (a CRLF's CR is dropped), in plain and gzip files alike: a bare CR, JSON
+    whitespace between tokens, is no line break."""
+    data = b'{"id": "a", "text": "one",\r"lang": "en"}\r\n{"id": "b", "text": "two"}\n{"id": "c",\r "text": "three"}\r\n'
+    (tmp_path / "cr.jsonl").write_bytes(data)
+    (tmp_path / "cr.jsonl.gz").write_bytes(gzip.compress(data))
+    ctx = ctx_factory(f"ingest.inputs=[{{path: '{tmp_path}/cr.jsonl', source: plain}}, {{path: '{tmp_path}/cr.jsonl.gz', source: gz}}]")
+    run_stage(ctx, "ingest")
+    assert counts_by_source(ctx) == {"gz": (3, 0), "plain": (3, 0)}
+    rows = rows_by(ctx.store.read("prompts_raw"), "source", "source_id")
+    assert [rows[("plain", i)]["record_index"] for i in "abc"] == [rows[("gz", i)]["record_index"] for i in "abc"] == [1, 2, 3]
+    assert rows[("plain", "a")]["source_lang"] == "en"

@@ -158,3 +158,85 @@ def test_generate_models_each_inherit_the_stage_block(tmp_path):
     with pytest.raises(ValueError, match=r"several entries record the model name \['/m/a'\]"):
         generate.build_tasks(SimpleNamespace(conf=same, run_id="r"))
 
+
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", "a b", "..", "a..b", ".hidden", "-x", "x" * 129, "run:1", "rün", "a\\b", " x"])
+def test_run_id_must_be_safe_in_file_names_app_ids_and_urls(bad):
+    with pytest.raises(ConfigError, match=r"run\.run_id: .*\(from --set run\.run_id\)"):
+        load_config([], [f"run.run_id={json.dumps(bad)}"])
+
+
+def test_run_id_from_a_file_names_the_file_and_generated_ids_pass(tmp_path):
+    from instructlake.jobs.runs import new_run_id
+
+    bad = write(tmp_path, "bad.yaml", "run:\n  run_id: ../../x\n")
+    with pytest.raises(ConfigError, match=rf"run\.run_id: .*\(from {bad}\)"):
+        load_config([bad])
+    for good in ("2026-01-01_backfill.2", "databricks-1234", "x" * 128, new_run_id()):
+        assert load_config([], [f"run.run_id={good}"]).run.run_id == good
+    assert load_config([], ["run.run_id="]).run.run_id is None  # empty, as a notebook's blank widget: a fresh id
+
+    from instructlake.jobs.config import RUN_ID
+
+    assert all(RUN_ID.fullmatch(new_run_id()) for _ in range(20))
+
+
+def test_secrets_redacted_by_key_word_by_value_and_in_urls(monkeypatch):
+    """Credentials set under any secret-looking key, taken from the environment, or written into a URL
+    never reach the snapshot (runs.config) nor scrubbed text; non-secret keys keep their values."""
+    from instructlake.jobs.runs import config_json
+
+    monkeypatch.setenv("IL_TEST_SAS", "sv=2024-01-01&sig=AbCdEf0123456789")
+    conf = load_config(
+        [],
+        [
+            "delta.storage_options.azure_storage_account_key=acct-key-0001",
+            "delta.storage_options.azure_storage_sas_key=${env:IL_TEST_SAS}",
+            "delta.storage_options.google_service_account_key=gsa-key-0002",
+            "delta.storage_options.AWS_SECRET_ACCESS_KEY=aws-secret-0003",
+            "delta.storage_options.access_key=plain-access-0004",
+            "delta.storage_options.AWS_REGION=eu-west-1",
+            'spark.conf."spark.hadoop.fs.azure.account.key.myacct.dfs.core.windows.net"=fs-key-0005',
+            'spark.conf."spark.hadoop.fs.s3a.secret.key"=s3a-secret-0006',
+            "spark.executor_env.AZURE_CLIENT_CREDENTIAL=cred-0007",
+            "spark.executor_env.HTTP_AUTH=auth-0008",
+            "run.lake_root=s3a://AKIAEXAMPLE:s3cr3t-0009@bucket/lake",
+            "export.path=https://user:hunter2-0010@host.example/out",
+            "report.path=reports/${env:IL_TEST_SAS}",  # an environment value under a key that is no secret
+            "run.work_dir=/scratch/acct-key-0001",  # a secret's value copied into another field
+            "curate.decontaminate.benchmarks=[{name: b, path: 'abfss://container@acct.dfs.core.windows.net/b.jsonl'}]",
+        ],
+    )
+    assert conf.delta.storage_options["azure_storage_account_key"] == "acct-key-0001"  # usable by the code...
+    leaked = ["acct-key-0001", "AbCdEf0123456789", "gsa-key-0002", "aws-secret-0003", "plain-access-0004", "fs-key-0005",
+              "s3a-secret-0006", "cred-0007", "auth-0008", "AKIAEXAMPLE", "s3cr3t-0009", "hunter2-0010"]  # fmt: skip
+    for text in (json.dumps(conf.snapshot()), config_json(conf)):
+        assert [s for s in leaked if s in text] == []  # ...never stored
+    snap = conf.snapshot()
+    assert snap["run"]["lake_root"] == f"s3a://{REDACTED}@bucket/lake"
+    assert snap["export"]["path"] == f"https://{REDACTED}@host.example/out"
+    assert snap["report"]["path"] == f"reports/{REDACTED}" and snap["run"]["work_dir"] == f"/scratch/{REDACTED}"
+    # Not secrets: a region, a container in a URL's user part, keys that hold a secret word only as part of
+    # another word (max_tokens, tokenizer, passage_template, require_checks_passed).
+    assert snap["delta"]["storage_options"]["AWS_REGION"] == "eu-west-1"
+    assert snap["curate"]["decontaminate"]["benchmarks"][0]["path"] == "abfss://container@acct.dfs.core.windows.net/b.jsonl"
+    assert snap["judge"]["sampling"]["max_tokens"] == 512 and snap["curate"]["filters"]["length"]["max_tokens"] == 4096
+    assert snap["curate"]["decontaminate"]["near_max_tokens"] == 26 and snap["export"]["require_checks_passed"] is True
+    assert "tokenizer" in snap["curate"]["filters"]["length"] and snap["reverse"]["passage_template"] is None
+    error = "cannot open s3a://AKIAEXAMPLE:s3cr3t-0009@bucket/x (sv=2024-01-01&sig=AbCdEf0123456789, key acct-key-0001)"
+    assert scrub(error, conf) == f"cannot open s3a://{REDACTED}@bucket/x ({REDACTED}, key {REDACTED})"
+
+
+@pytest.mark.parametrize(
+    "key, secret",
+    [
+        ("azure_storage_account_key", True), ("azure_storage_sas_key", True), ("google_service_account_key", True),
+        ("fs.azure.account.key.acct.dfs.core.windows.net", True), ("aws_secret_access_key", True), ("access_key", True),
+        ("AZURE_STORAGE_SAS_TOKEN", True), ("hf_token", True), ("apiKey", True), ("sasToken", True), ("db_password", True),
+        ("passwd", True), ("client_credential", True), ("signature", True), ("auth", True), ("x-api-key", True),
+        ("max_tokens", False), ("tokenizer", False), ("keys", False), ("passage_template", False),
+        ("require_checks_passed", False), ("near_max_tokens", False), ("AWS_REGION", False), ("monkeys", False),
+    ],
+)  # fmt: skip
+def test_secret_key_rule(key, secret):
+    assert redact({key: "v"}) == {key: REDACTED if secret else "v"}

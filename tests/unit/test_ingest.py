@@ -1,8 +1,14 @@
-"""Ingest's record parser as a pure function: each malformed shape gets its reason; layouts, BOMs and tags."""
+"""Ingest as pure functions: the record parser (each malformed shape gets its reason; layouts, BOMs and tags,
+the raw text a reject keeps), how a JSON file is told from JSON Lines, and which files the inputs name."""
 
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
 import pytest
 
-from instructlake.udfs.ingest import Malformed, parse_record, source_from_path
+from instructlake.udfs.ingest import Malformed, parse_batch, parse_record, source_from_path
 from instructlake.udfs.text import normalize
 
 
@@ -42,3 +48,60 @@ def test_normalize_and_source_names():
     assert source_from_path("file:///d/lmsys-00001.parquet") == "lmsys-00001"
     assert source_from_path("/d/wild.jsonl.gz") == "wild"
 
+
+
+def test_json_or_json_lines_by_the_first_byte(tmp_path):
+    """`[` (after a BOM and whitespace) opens a JSON array; anything else is JSON Lines, whatever the first
+    line holds: a malformed or huge first line must not make 200 good records one reject."""
+    from instructlake.jobs.ingest import detect_format
+
+    good = b"".join(json.dumps({"id": f"g{i}", "text": f"prompt {i}"}).encode() + b"\n" for i in range(200))
+    files = {
+        "bad_first.json": b'{"id": "broken", "text": "cut\n' + good,
+        "huge_first.json": b'{"text": "' + b"x" * (1 << 20) + b'"}\n' + good,
+        "lines.json": good,
+        "array.json": b"\xef\xbb\xbf \r\n\t[\n" + good.replace(b"\n", b",\n").rstrip(b",\n") + b"\n]\n",
+        "document.json": b'{"text": "one document"}',
+        "bad_first.json.gz": gzip.compress(b"{broken\n" + good),
+        "array.json.gz": gzip.compress(b"\n  [1, 2]"),
+        "not_gzip.json.gz": b"[1, 2]",  # the gzip JSON reader reports it unreadable
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    found = {name: detect_format(str(tmp_path / name)) for name in files}
+    assert found == {
+        "bad_first.json": "jsonl", "huge_first.json": "jsonl", "lines.json": "jsonl", "array.json": "json",
+        "document.json": "jsonl", "bad_first.json.gz": "jsonl", "array.json.gz": "json", "not_gzip.json.gz": "json",
+    }  # fmt: skip
+
+
+def _records(raws: list[bytes]) -> pa.RecordBatch:
+    n = len(raws)
+    return pa.RecordBatch.from_pydict(
+        {"source": ["s"] * n, "layout": ["auto"] * n, "input_file": ["/d/f.jsonl"] * n, "record_index": list(range(1, n + 1)),
+         "raw": raws, "error": [None] * n}  # fmt: skip
+    )
+
+
+def test_reject_raw_is_capped_with_its_length_in_detail():
+    cut = b'{"id": "big", "text": "' + "あ".encode() * 50_000  # 150 KB of JSON that never closes
+    empty = b'{"id": "blank", "text": "' + "\u200b".encode() * 70_000 + b'"}'  # parses, but no visible text
+    small = b'{"id": "s", "text": 5}'
+    out = parse_batch(_records([cut, empty, small]), "first").to_pylist()
+    assert [r["reason"] for r in out] == ["malformed:bad_json", "empty", "malformed:non_string_content"]
+    for row, raw in zip(out[:2], (cut, empty)):
+        assert len(row["raw"].encode()) <= 64 * 1024 and "\\x" not in row["raw"]  # cut on a character boundary
+        assert raw.decode().startswith(row["raw"]) and f"of {len(raw)} bytes" in row["detail"]
+    assert out[2]["raw"] == small.decode() and "bytes" not in out[2]["detail"]
+
+
+def test_a_file_two_inputs_match_is_read_once_with_the_first_inputs_settings(tmp_path, caplog):
+    from instructlake.jobs.config import InputConf
+    from instructlake.jobs.ingest import input_files
+
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_bytes(b'{"text": "x"}\n')
+    inputs = [InputConf(path=f"{tmp_path}/a.jsonl", source="first"), InputConf(path=f"{tmp_path}/*.jsonl", source="glob")]
+    found = [(inp.source, Path(f).name, fmt) for inp, f, fmt in input_files(inputs)]
+    assert found == [("first", "a.jsonl", "jsonl"), ("glob", "b.jsonl", "jsonl")]
+    assert "ingest.inputs.1" in caplog.text and "a.jsonl" in caplog.text
