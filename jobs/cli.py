@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructlake: {problem}", file=sys.stderr)
         return 2
 
-    from instructlake.jobs.lease import LeaseHeld
+    from instructlake.jobs.lease import LeaseHeld, LeaseLost
     from instructlake.jobs.runs import Context, run_stage
 
     ctx = Context.create(conf)
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except LeaseHeld as e:
         print(f"instructlake: {e}", file=sys.stderr)
         return EX_TEMPFAIL
+    except LeaseLost as e:  # another run took the tables while this one ran: none of its late commits landed
+        print(f"instructlake: {e}", file=sys.stderr)
+        return 1
     summary = {
         "run_id": ctx.run_id,
         "delta_backend": ctx.store.backend,

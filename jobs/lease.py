@@ -93,6 +93,7 @@ class Lease:
         self.resources = sorted({*resources, run_resource(run_id, stage)})
         self.lease_id = secrets.token_hex(8)
         self.lost: str | None = None
+        self.taken_over: set[str] = set()  # resources whose lease this run took from another holder
         self._acquired_at: dt.datetime | None = None
         self._renewed = 0.0
         self._stop = threading.Event()
@@ -137,8 +138,12 @@ class Lease:
         if gone:  # lease ids are hex tokens: safe to inline
             when += f" OR t.lease_id IN ({', '.join(repr(g) for g in gone)})"
         self._acquired_at = now
-        self.store.upsert_where(self._rows(now), LEASES, when)
-        return [r for r in self._held().values() if r["lease_id"] != self.lease_id]
+        # taken_from: the lease id a takeover replaced, set in the same MERGE (an insert leaves it null),
+        # so the stage knows which tables' fences to move on (TableStore.take_fences).
+        self.store.upsert_where(self._rows(now), LEASES, when, keep={"taken_from": "t.lease_id"})
+        held = self._held().values()
+        self.taken_over |= {r["resource"] for r in held if r["lease_id"] == self.lease_id and r.get("taken_from") not in (None, self.lease_id)}
+        return [r for r in held if r["lease_id"] != self.lease_id]
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.conf.wait_s
@@ -178,7 +183,10 @@ class Lease:
                 log.error("stage %s: lease lost: %s", self.stage, self.lost)
 
     def check(self) -> None:
-        """Raise when the lease lapsed: writing on could double rows another run wrote meanwhile."""
+        """Raise when the lease lapsed: writing on could double rows another run wrote meanwhile. Also when
+        the heartbeat has not renewed it within ttl_s (a stalled driver whose beat has not run yet)."""
+        if not self.lost and self._thread is not None and time.monotonic() - self._renewed > self.conf.ttl_s:
+            self.lost = f"not renewed for over {self.conf.ttl_s:g} s (run.lease.ttl_s): another run may have taken it"
         if self.lost:
             raise LeaseLost(f"stage {self.stage} (run {self.run_id}) lost its lease: {self.lost}")
 
@@ -201,7 +209,7 @@ class Lease:
 
 def mark_abandoned(store, ttl_s: float, exclude: tuple[str, str]) -> list[dict[str, Any]]:
     """Mark runs recorded `running` whose driver is gone (their run lease lapsed, or never existed) as
-    `abandoned`, and drop the dead leases. Returns the runs marked."""
+    `abandoned`. Returns the runs marked."""
     now = utcnow()
     leases = {r["resource"]: r for r in store.rows(LEASES)}
     marked = []
@@ -220,7 +228,6 @@ def mark_abandoned(store, ttl_s: float, exclude: tuple[str, str]) -> list[dict[s
         # Only while still `running`: a run that finished meanwhile keeps its own record.
         store.upsert_where(marked, "runs", "t.status = 'running'")
         log.warning("marked %d run(s) abandoned: %s", len(marked), ", ".join(f"{m['run_id']}/{m['stage']}" for m in marked))
-    stale = [r for r in leases.values() if not live(r, now)]
-    if stale:
-        store.delete_where(stale, LEASES, "t.lease_id = s.lease_id AND t.heartbeat_at = s.heartbeat_at")
+    # Stale leases stay: the next run that needs one takes it over (and with it the table's fence, so no
+    # late commit of a holder that only looked dead lands); deleting them would make them look released.
     return marked

@@ -18,6 +18,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from instructlake.jobs.config import check_run_id
 from instructlake.jobs.export import judge_scores
 from instructlake.jobs.llm.select import error_status
 from instructlake.jobs.runs import Context, StageResult, latest_stats, utcnow
@@ -83,8 +84,12 @@ def build(ctx: Context) -> tuple[str, dict[str, int]]:
         note = F.substring(F.split(F.coalesce("error", F.lit("")), "\n").getItem(0), 1, 200).alias("note")
         parts.append(_table(_rows(runs.select("run_id", "stage", "status", "rows_in", "rows_out", "rows_rejected", "started_at", "finished_at", note), top), "Recent stage runs"))
     if "leases" in present and counts.get("leases"):
-        leases = store.read("leases").select("resource", "run_id", "stage", "host", "pid", "acquired_at", "heartbeat_at", "expires_at")
-        parts.append(_table(_rows(leases.orderBy("resource"), top), "Leases held (tables being written now)"))
+        # A lapsed lease stays until a run takes it over (lease.mark_abandoned): shown, but as lapsed.
+        leases = store.read("leases").select(
+            "resource", "run_id", "stage", "host", "pid", "acquired_at", "heartbeat_at", "expires_at",
+            F.when(F.col("expires_at") < F.current_timestamp(), "lapsed").otherwise("held").alias("state"),
+        )  # fmt: skip
+        parts.append(_table(_rows(leases.orderBy("resource"), top), "Leases (held: tables being written now; lapsed: a stopped holder's)"))
     if "prompts_raw" in present:
         by_source = _rows(store.read("prompts_raw").groupBy("source").count().orderBy(F.desc("count")), top)
         parts.append(_table(by_source, "Ingested prompts per source"))
@@ -208,7 +213,7 @@ def run(ctx: Context) -> StageResult:
     page, counts = build(ctx)
     out = Path(ctx.conf.report.path).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"report-{ctx.run_id}.html"
+    target = out / f"report-{check_run_id(ctx.run_id)}.html"  # a run id never leads out of report.path
     target.write_text(page, encoding="utf-8")
     shutil.copyfile(target, out / "index.html")
     total = sum(counts.values())

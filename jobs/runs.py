@@ -50,11 +50,26 @@ WRITES: dict[str, tuple[str, ...]] = {
 
 
 def writes(conf: Config, stage: str) -> list[str]:
-    """The resources a stage run leases: tables by name, output directories as `path:<absolute path>`."""
+    """The resources a stage run leases: tables by name, output directories as `path:<location>`. A URI
+    stays a URI, so runs on any host or working directory name one export alike: scheme case-folded, s3a://
+    and s3n:// as s3:// (one bucket, other Hadoop connectors), credentials in it dropped (the lease row is
+    stored), no trailing slash. Only a local path is resolved, from the working directory."""
+
+    def location(path: str) -> str:
+        if "://" not in path:
+            return str(Path(path).resolve())
+        scheme, rest = path.split("://", 1)
+        scheme = scheme.lower()
+        scheme = "s3" if scheme in ("s3a", "s3n") else scheme
+        authority, slash, tail = rest.partition("/")
+        if ":" in authority.rpartition("@")[0]:  # user:password@host: not part of where the files go
+            authority = authority.rpartition("@")[2]
+        return f"{scheme}://{authority}{slash}{tail}".rstrip("/")
+
     if stage == "export":
-        return [f"path:{Path(conf.export.path).resolve()}"]
+        return [f"path:{location(conf.export.path)}"]
     if stage == "report":
-        return [f"path:{Path(conf.report.path).resolve()}"]
+        return [f"path:{location(conf.report.path)}"]
     if stage == "maintain":
         return [t for t in (conf.maintain.tables or SCHEMAS) if t not in ("runs", "leases")]
     return list(WRITES[stage])
@@ -124,14 +139,28 @@ def run_stage(ctx: Context, stage: str) -> StageResult:
     }
     # Leased before anything is written: a run refused here (LeaseHeld) leaves no trace in the tables.
     with Lease(ctx.store, ctx.conf.run.lease, ctx.run_id, stage, writes(ctx.conf, stage)) as lease:
-        mark_abandoned(ctx.store, ctx.conf.run.lease.ttl_s, exclude=(ctx.run_id, stage))
-        ctx.store.write_rows([{**record, "status": "running"}], "runs", run_id=ctx.run_id, stage=stage)
-        log.info("stage %s: run %s started", stage, ctx.run_id)
-        ctx.store.guard = lease.check
+        # The lease keeps well-behaved runs apart; the fences make it hold when a lease is lost anyway (a
+        # stalled driver, skewed clocks): from here on no commit of an earlier holder of these tables lands.
         try:
+            fences = ctx.store.take_fences([r for r in lease.resources if r in SCHEMAS], lease.taken_over)
+            log.info("stage %s: fenced %s", stage, ", ".join(f"{t}@{e}" for t, e in fences.items()) or "nothing")
+            mark_abandoned(ctx.store, ctx.conf.run.lease.ttl_s, exclude=(ctx.run_id, stage))
+            ctx.store.write_rows([{**record, "status": "running"}], "runs", run_id=ctx.run_id, stage=stage)
+            log.info("stage %s: run %s started", stage, ctx.run_id)
+            ctx.store.guard = lease.check
             return _run_leased(ctx, module, stage, record, lease)
+        except BaseException:
+            # A failed job's cancelled tasks may still be committing (Spark stops them, their commit
+            # threads finish): moved on before the lease goes, the fences refuse what they would land after
+            # the next run selected its work.
+            try:
+                ctx.store.retire_fences()
+            except Exception as exc:  # the stage's own failure is the one to report
+                log.warning("stage %s: could not move the fences on after its failure: %s", stage, exc)
+            raise
         finally:
             ctx.store.guard = None
+            ctx.store.drop_fences()
 
 
 def _run_leased(ctx: Context, module, stage: str, record: dict[str, Any], lease: Lease) -> StageResult:

@@ -98,6 +98,9 @@ class TableStore(ABC):
         self._renamed: dict[str, dict[str, str]] = {}  # per table: columns it still has under an old name
         # Set by the stage runner to its lease's check: a driver-side write fails once the lease lapsed.
         self.guard: Callable[[], None] | None = None
+        self.fences: dict[str, int] = {}  # table -> the epoch this store took (take_fences), while a stage runs
+        self._fenced: set[str] = set()  # the tables to fence: the stage's leased ones
+        self._taken_over: set[str] = set()  # those whose lease the stage took from another holder
 
     # ---- naming -------------------------------------------------------------------------------------
     def physical(self, name: str) -> str:
@@ -114,6 +117,7 @@ class TableStore(ABC):
         """Create the table with its contract schema if it does not exist, or add the contract's columns an
         older table lacks (nullable, so old rows read as null); idempotent, checked once per store."""
         if name in self._current:
+            self._ensure_fence(name)
             return
         schema = SCHEMAS[name]
         for attempt in range(5):
@@ -132,6 +136,7 @@ class TableStore(ABC):
             log.warning("table %s: columns %s have their old names; read renamed until a stage upgrades the table", name, renamed)
         self._renamed[name] = renamed
         self._current.add(name)
+        self._ensure_fence(name)
 
     def _contract_diff(self, name: str, schema: StructType, have: set[str]) -> tuple[list[StructField], dict[str, str]]:
         """(contract fields the table lacks, {old: new} of those it has under an old name: not missing)."""
@@ -231,20 +236,13 @@ class TableStore(ABC):
         changed = df.select(*compare).subtract(existing.select(*compare)).select(*keys)
         delta = df.join(changed, list(keys), "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            new = delta.join(existing.select(*keys), list(keys), "left_anti")
-            updates = delta.join(existing.select(*keys), list(keys), "left_semi")
-            n_updates = updates.count()
-            # A merge's rows are worked out afresh on every call (it is idempotent by content), so its commit
-            # ids carry a per-call nonce: a repeated call with the same run id (a repaired job) must commit
-            # what the first call did not, while a retried task of this call still commits at most once.
-            nonce = uuid.uuid4().hex[:12]
-            # An empty append is still a commit on delta-spark: an identical re-run must leave no version.
-            inserted = self.append(new, name, run_id=run_id, stage=stage, chunk=f"insert-{nonce}") if new.count() else 0
-            if n_updates:
-                self._merge_rows(updates, name, run_id=run_id, stage=f"{stage}-{nonce}")
-            return MergeResult(inserted=inserted, updated=n_updates)
+            return self._upsert_changed(delta, existing, name, run_id=run_id, stage=stage)
         finally:
             delta.unpersist()
+
+    @abstractmethod
+    def _upsert_changed(self, delta: DataFrame, existing: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
+        """Commit the rows of `delta` (new or changed against `existing`, a snapshot) by key."""
 
     @abstractmethod
     def _merge_rows(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> None:
@@ -301,6 +299,36 @@ class TableStore(ABC):
         """In one commit per partition of keys: delete every stored row whose key is in `keep` (one row per
         key), insert `keep`."""
 
+    # ---- fencing (udfs.rs_table: FENCE_APP) -----------------------------------------------------------
+    def take_fences(self, names: list[str], taken_over: set[str]) -> dict[str, int]:
+        """The fence epochs this stage writes its leased tables under (udfs.rs_table): a table whose lease
+        this run took over from another holder (expired, or dead by its pid) gets the next epoch, so no
+        commit of that holder, executors included, lands from now on; the others keep theirs (the holder
+        before released its lease after its last commit). A table created later is fenced as it is made."""
+        self._fenced, self._taken_over = set(names), set(taken_over)
+        for name in names:
+            if self.exists(name):
+                self.create(name)
+        return dict(self.fences)
+
+    def retire_fences(self) -> None:
+        """Move on the fence of every table this stage fenced: no commit of its own handles lands any more."""
+        for name in self.fences:
+            self.fences[name] = self._take_fence(name)
+
+    def drop_fences(self) -> None:
+        self.fences, self._fenced, self._taken_over = {}, set(), set()
+
+    def _ensure_fence(self, name: str) -> None:
+        if name in self._fenced and name not in self.fences:
+            self.fences[name] = self._take_fence(name) if name in self._taken_over else self._read_fence(name)
+
+    @abstractmethod
+    def _read_fence(self, name: str) -> int: ...
+
+    @abstractmethod
+    def _take_fence(self, name: str) -> int: ...
+
     # ---- small driver-side tables (run records, leases) ---------------------------------------------
     def rows(self, name: str, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The rows of a small table (equality filters in `where`) as dicts, timestamps in UTC."""
@@ -310,14 +338,15 @@ class TableStore(ABC):
     @abstractmethod
     def _rows(self, name: str, where: dict[str, Any] | None) -> list[dict[str, Any]]: ...
 
-    def upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+    def upsert_where(self, rows: list[dict[str, Any]], name: str, when: str, keep: dict[str, str] | None = None) -> None:
         """A compare-and-set on a small table: insert rows whose key is absent, update a stored row only
-        where the SQL predicate `when` (over t. the stored row, s. the new one) holds on the latest version."""
+        where the SQL predicate `when` (over t. the stored row, s. the new one) holds on the latest version;
+        an updated row's columns in `keep` get their SQL expression (over t. and s.) instead of s.'s value."""
         self.create(name)
-        self._upsert_where(rows, name, when)
+        self._upsert_where(rows, name, when, keep or {})
 
     @abstractmethod
-    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None: ...
+    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str, keep: dict[str, str]) -> None: ...
 
     def delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
         """Delete the stored rows keyed as in `rows` where the SQL predicate `when` holds (t. stored, s. given)."""
@@ -366,13 +395,21 @@ class RsStore(TableStore):
         super().__init__(spark, conf)
 
     def rs_table(self, name: str) -> RsTable:
-        """The picklable delta-rs handle of a table, for executors that commit their own chunks."""
+        """The picklable delta-rs handle of a table, for executors that commit their own chunks; it carries
+        the table's fence while a stage holds one, so every commit through it is conditional on it."""
         return RsTable(
             uri=self.location(name),
             schema=arrow_schema(SCHEMAS[name]),
             storage_options=dict(self.conf.delta.storage_options),
             retries=self.conf.delta.commit_retries,
+            fence=self.fences.get(name),
         )
+
+    def _take_fence(self, name: str) -> int:
+        return self.rs_table(name).take_fence()
+
+    def _read_fence(self, name: str) -> int:
+        return self.rs_table(name).fence_epoch()
 
     def _commit_tasks(self, df: DataFrame, name: str, app: str, keys: tuple[str, ...] | None = None, op: str = "merge") -> int:
         """Each partition of df commits itself (commit_partitions); returns the rows committed."""
@@ -453,6 +490,23 @@ class RsStore(TableStore):
     def _append(self, df: DataFrame, name: str, app: str) -> int:
         return self._commit_tasks(df, name, app)
 
+    def _upsert_changed(self, delta: DataFrame, existing: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
+        # New rows are appended by the tasks (no scan of the table) and changed ones merged: Delta never
+        # makes two appends conflict, but a stage writes a table only under its fence, so no other run's
+        # commit lands meanwhile (udfs.rs_table).
+        keys = list(KEYS[name])
+        new = delta.join(existing.select(*keys), keys, "left_anti")
+        updates = delta.join(existing.select(*keys), keys, "left_semi")
+        n_updates = updates.count()
+        # A merge's rows are worked out afresh on every call (it is idempotent by content), so its commit
+        # ids carry a per-call nonce: a repeated call with the same run id (a repaired job) must commit
+        # what the first call did not, while a retried task of this call still commits at most once.
+        nonce = uuid.uuid4().hex[:12]
+        inserted = self.append(new, name, run_id=run_id, stage=stage, chunk=f"insert-{nonce}") if new.count() else 0
+        if n_updates:
+            self._merge_rows(updates, name, run_id=run_id, stage=f"{stage}-{nonce}")
+        return MergeResult(inserted=inserted, updated=n_updates)
+
     def _merge_rows(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> None:
         keys = KEYS[name]
         self._commit_tasks(self._few_partitions(df, keys), name, self._app_id(name, stage, run_id, "update"), keys)
@@ -470,8 +524,8 @@ class RsStore(TableStore):
     def _rows(self, name: str, where: dict[str, Any] | None) -> list[dict[str, Any]]:
         return self.rs_table(name).rows(where)
 
-    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
-        self.rs_table(name).upsert_where(self._arrow(rows, name), KEYS[name], when)
+    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str, keep: dict[str, str]) -> None:
+        self.rs_table(name).upsert_where(self._arrow(rows, name), KEYS[name], when, keep)
 
     def _delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
         self.rs_table(name).delete(self._arrow(rows, name), KEYS[name], when=when)
@@ -584,8 +638,37 @@ class SparkStore(TableStore):
         last = self._delta_table(name).history(1).select("version", "operationMetrics").first()
         return int((last[1] or {}).get("numOutputRows", 0)) if last[0] != before else 0
 
+    def _upsert_changed(self, delta: DataFrame, existing: DataFrame, name: str, *, run_id: str, stage: str) -> MergeResult:
+        # One MERGE, never an append: it reads the table, so Delta fails it when another writer's commit
+        # added rows meanwhile, and the retry matches them (updates, never a second row of a key). An
+        # empty source commits nothing: an identical re-run leaves no version.
+        if not delta.count():
+            return MergeResult(inserted=0, updated=0)
+        self._merge_rows(delta, name, run_id=run_id, stage=stage)
+        metrics = self._delta_table(name).history(1).select("operationMetrics").first()[0] or {}
+        return MergeResult(inserted=int(metrics.get("numTargetRowsInserted", 0)), updated=int(metrics.get("numTargetRowsUpdated", 0)))
+
     def _merge_rows(self, df: DataFrame, name: str, *, run_id: str, stage: str) -> None:
         self._retry(lambda: self._merge_into(name, df).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+    def _read_fence(self, name: str) -> int:
+        return 0  # delta-spark's own writes are conflict-checked MERGEs: they need no fence of their own
+
+    def _take_fence(self, name: str) -> int:
+        """The next epoch, recorded as the fence app transaction by an empty idempotent append. delta-spark's
+        own writes here are MERGEs that Delta conflict-checks; the fence stops delta-rs writers (executors
+        of a run on the other backend) on path tables. Metastore tables have no delta-rs writer: 0."""
+        if self.conf.tables.catalog:
+            return 0
+        from deltalake import DeltaTable
+
+        from instructlake.udfs.rs_table import EPOCH_BITS, FENCE_APP, fence_epoch
+
+        recorded = DeltaTable(self.location(name), storage_options=self.conf.delta.storage_options or None).transaction_version(FENCE_APP)
+        epoch = fence_epoch(recorded) + 1
+        empty = self.spark.createDataFrame([], SCHEMAS[name])
+        empty.write.format("delta").mode("append").option("txnAppId", FENCE_APP).option("txnVersion", epoch << EPOCH_BITS).save(self.location(name))
+        return epoch
 
     def _delete_keys(self, doomed: DataFrame, name: str, *, run_id: str, stage: str) -> None:
         self._retry(lambda: self._merge_into(name, doomed).whenMatchedDelete().execute())
@@ -604,7 +687,17 @@ class SparkStore(TableStore):
         values = {f"`{c}`": f"s.`{c}`" for c in keep.columns}
         self._retry(lambda: self._merge_into(name, source, _on(k, "__k_")).whenMatchedDelete().whenNotMatchedInsert(values=values).execute())
 
+    def _small(self, name: str) -> RsTable | None:
+        """The run records and leases of a path lake go through delta-rs, as on the rs backend: a lease's
+        compare-and-set and a run record are a few rows, and as Spark jobs they cost seconds a stage run
+        (a lease taken, renewed and released, two run records). Metastore tables stay with Spark."""
+        if self.conf.tables.catalog or name not in SMALL_TABLES:
+            return None
+        return RsTable(self.location(name), arrow_schema(SCHEMAS[name]), dict(self.conf.delta.storage_options), self.conf.delta.commit_retries)
+
     def _rows(self, name: str, where: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if small := self._small(name):
+            return small.rows(where)
         # The latest snapshot, unpinned: these reads decide a compare-and-set that Delta re-checks anyway.
         df = self._load(self.spark.read.format("delta"), name)
         for col, value in (where or {}).items():
@@ -614,16 +707,25 @@ class SparkStore(TableStore):
             for r in df.collect()
         ]
 
-    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
-        self._retry(lambda: self._merge_small(rows, name).whenMatchedUpdateAll(condition=when).whenNotMatchedInsertAll().execute())
+    def _upsert_where(self, rows: list[dict[str, Any]], name: str, when: str, keep: dict[str, str]) -> None:
+        if small := self._small(name):
+            return small.upsert_where(pa.Table.from_pylist(rows, schema=small.schema), KEYS[name], when, keep)
+        values = {f"`{c}`": keep.get(c, f"s.`{c}`") for c in SCHEMAS[name].fieldNames()}
+        self._retry(lambda: self._merge_small(rows, name).whenMatchedUpdate(condition=when, set=values).whenNotMatchedInsertAll().execute())
 
     def _delete_where(self, rows: list[dict[str, Any]], name: str, when: str) -> None:
+        if small := self._small(name):
+            small.delete(pa.Table.from_pylist(rows, schema=small.schema), KEYS[name], when=when)
+            return
         self._retry(lambda: self._merge_small(rows, name).whenMatchedDelete(condition=when).execute())
 
     def _merge_small(self, rows: list[dict[str, Any]], name: str):
         return self._merge_into(name, self.spark.createDataFrame(rows, SCHEMAS[name]))
 
     def _write_rows(self, rows: list[dict[str, Any]], name: str, *, run_id: str, stage: str) -> None:
+        if small := self._small(name):
+            small.merge(pa.Table.from_pylist(rows, schema=small.schema), KEYS[name])
+            return
         self._merge_rows(self.spark.createDataFrame(rows, SCHEMAS[name]), name, run_id=run_id, stage=stage)
 
     def _retry(self, op):
@@ -644,6 +746,9 @@ class SparkStore(TableStore):
                     raise
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+
+SMALL_TABLES = ("runs", "leases")  # driver-side bookkeeping, written a few rows at a time by every run
 
 
 def open_store(spark: SparkSession, conf: Config, backend: str) -> TableStore:

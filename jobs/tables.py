@@ -113,7 +113,8 @@ SCHEMAS: dict[str, T.StructType] = {
     # A lease not renewed by expires_at is free; jobs/lease.py.
     "leases": ddl(
         """resource STRING NOT NULL, lease_id STRING NOT NULL, run_id STRING, stage STRING, host STRING, pid INT,
-        pid_started BIGINT, acquired_at TIMESTAMP, heartbeat_at TIMESTAMP, expires_at TIMESTAMP, created_at TIMESTAMP"""
+        pid_started BIGINT, acquired_at TIMESTAMP, heartbeat_at TIMESTAMP, expires_at TIMESTAMP, created_at TIMESTAMP,
+        taken_from STRING"""
     ),
 }
 

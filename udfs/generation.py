@@ -36,6 +36,7 @@ import pandas as pd
 
 from instructlake.udfs import engine as E
 from instructlake.udfs import kinds as K
+from instructlake.udfs.rs_table import Fenced
 from instructlake.udfs.text import content_hash
 
 log = logging.getLogger("instructlake.generate")
@@ -233,11 +234,19 @@ def run_partition(
         row.update(values)
         return row
 
+    fenced: list[str] = []  # a refused commit: another run took the tables; this task stops there
+
     def settle(block_all: bool) -> Iterator[pd.DataFrame]:
         """Yield the summaries of finished commits (all of them when block_all)."""
         while pending and (block_all or pending[0][0].done()):
             future, row, submitted = pending.pop(0)
-            written = future.result()  # re-raises a failed commit: the task fails, the chunk is not lost
+            try:
+                written = future.result()  # re-raises a failed commit: the task fails, the chunk is not lost
+            except Fenced as exc:
+                fenced.append(str(exc))
+                log.error("%s p%d: commit refused, the task stops: %s", task.kind, partition, exc)
+                yield pd.DataFrame([{**row, "status": "fenced", "rows_out": 0, "errors": 0, "error_classes": str(exc)[:2000]}])
+                continue
             row.update(status="committed" if written else "already_committed", commit_s=time.perf_counter() - submitted)
             if not written:
                 row["rows_out"] = 0
@@ -246,6 +255,8 @@ def run_partition(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as pool:
         try:
             for chunk, start in enumerate(range(0, total, task.chunk_rows)):
+                if fenced:
+                    break
                 part = frame.iloc[start : start + task.chunk_rows]
                 key = f"{partition}-{chunk}"
                 if attempt > 0 and sink.done(key):

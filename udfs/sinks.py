@@ -2,11 +2,16 @@
 staging files' layout that the driver merges (instructlake.jobs.llm.staging).
 
 - DeltaSink (delta-rs backend): the task commits each chunk itself with RsTable.append/merge, tagged with
-  an app id `<table>:<stage>:<run>:<job nonce>:<partition>-<chunk>`, so a retried task skips the chunks it
-  already committed and a commit race is retried.
+  an app id `<table>:<stage>:<run>:<job nonce>:<partition>-<chunk>`, so a retried (or speculative) task
+  attempt skips the chunks already committed and a commit race is retried; through handles that carry the
+  stage's fence, so a run that lost its tables commits nothing (udfs.rs_table).
 - StagingSink (any backend; the only choice with delta-spark, whose writer exists only on the driver): the
   task writes each chunk as a Parquet file under `<root>/<table>/` (temp name + rename, so a file is whole
   or absent); the driver merges the files into the tables on their keys.
+
+Both write a chunk's other tables first and its main table last, always (an empty commit or file when the
+chunk has no main rows): a chunk is done when its main table holds it, so a task killed between two
+tables' commits redoes the chunk and loses none of its rows (the others' commits are idempotent).
 
 Executor code: pyarrow and deltalake only, never the driver side (instructlake.jobs).
 """
@@ -40,18 +45,22 @@ class DeltaSink:
         return f"{name}:{self.scope}:{chunk_key}"
 
     def done(self, chunk_key: str) -> bool:
-        return any(self.tables[n].committed(self._app(n, chunk_key)) for n in self.order)
+        main = self.order[0]
+        return self.tables[main].committed(self._app(main, chunk_key))
 
     def commit(self, chunk_key: str, rows: Mapping[str, list[dict[str, Any]]]) -> bool:
-        wrote = False
-        for name in self.order:
-            if not rows.get(name):
-                continue
-            table, keys = self.tables[name], self.keys[name]
-            data = pa.Table.from_pylist(rows[name], schema=table.schema)
-            app = self._app(name, chunk_key)
-            wrote |= table.merge(data, keys, app) if keys else table.append(data, app)
-        return wrote
+        """Commit the chunk's rows, the main table last and always; False when it was already committed."""
+        main, *others = self.order
+        for name in others:
+            if rows.get(name):
+                self._commit(name, chunk_key, rows[name])
+        return self._commit(main, chunk_key, rows.get(main) or [])
+
+    def _commit(self, name: str, chunk_key: str, rows: list[dict[str, Any]]) -> bool:
+        table, keys = self.tables[name], self.keys[name]
+        data = pa.Table.from_pylist(rows, schema=table.schema)
+        app = self._app(name, chunk_key)
+        return table.merge(data, keys, app) if keys and rows else table.append(data, app)
 
 
 def filesystem(uri: str):
@@ -81,20 +90,16 @@ class StagingSink:
     def done(self, chunk_key: str) -> bool:
         from pyarrow import fs as pafs
 
-        for name in self.order:
-            fs, path = self._path(name, chunk_key)
-            if fs.get_file_info(path).type == pafs.FileType.File:
-                return True
-        return False
+        fs, path = self._path(self.order[0], chunk_key)
+        return fs.get_file_info(path).type == pafs.FileType.File
 
     def commit(self, chunk_key: str, rows: Mapping[str, list[dict[str, Any]]]) -> bool:
-        wrote = False
-        for name in self.order:
-            if rows.get(name):
-                fs, path = self._path(name, chunk_key)
-                stage_file(fs, path, pa.Table.from_pylist(rows[name], schema=self.schemas[name]))
-                wrote = True
-        return wrote
+        """Stage the chunk's files, the main table's last and always (the chunk's done marker)."""
+        main, *others = self.order
+        for name in [*(n for n in others if rows.get(n)), main]:
+            fs, path = self._path(name, chunk_key)
+            stage_file(fs, path, pa.Table.from_pylist(rows.get(name) or [], schema=self.schemas[name]))
+        return True
 
 
 def stage_file(fs: Any, path: str, data: pa.Table) -> None:

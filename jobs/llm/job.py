@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from instructlake.jobs.config import GpuConf, LLMStageConf
+from instructlake.jobs.lease import LeaseLost
 from instructlake.jobs.llm.select import triage
 from instructlake.jobs.llm.staging import commit_staged, staging_root
 from instructlake.jobs.runs import StageResult
@@ -204,6 +205,13 @@ class LLMJob:
                 stats["staged"] = commit_staged(
                     self.ctx.store, sink.root, self.tables, run_id=self.ctx.run_id, stage=self.stage
                 )
+        if fenced := [r for r in rows if r["status"] == "fenced"]:
+            # Another run took the tables (its fence) while this one ran: its tasks' commits were refused,
+            # so nothing of this job landed after that; the stage fails and says how many.
+            raise LeaseLost(
+                f"stage {self.stage} (run {self.ctx.run_id}): {len(fenced)} chunk commit(s) refused, "
+                f"{sum(r['prompts'] for r in fenced)} prompts' rows not written: {fenced[0]['error_classes']}"
+            )
         return {**stats, **_summarize(rows, time.perf_counter() - started)}
 
 
