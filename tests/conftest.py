@@ -9,14 +9,15 @@ crash/resume, the parity run). Every other stage test's behaviour is the stage's
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import time
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from tests.support.lake import BACKENDS, SHARED_DATA, make_conf
+from tests.support.lake import BACKENDS, REPO, SHARED_DATA, make_conf
 
 # Fixtures that tests of several tiers use live in these support modules.
 pytest_plugins = ("tests.support.decontam", "tests.support.deploy")
@@ -29,15 +30,28 @@ TIERS = {
 }
 
 
-# tier -> tests run, seconds (setup, call and teardown), outcomes: printed at the end of the run
+# tier -> tests, seconds of their setup, call and teardown, outcomes: printed at the end of the run. Counted
+# from the reports, which reach the controlling process under pytest-xdist too.
 TIER_STATS: dict[str, dict] = defaultdict(lambda: {"tests": 0, "seconds": 0.0, "outcomes": defaultdict(int)})
+# The order tests are handed out in: under `make test` (pytest-xdist, --dist loadscope, one module at a
+# time to each worker) the longest modules go first, so the short ones fill in at the end.
+SCHEDULE = ("cluster", "engine", "spark", "unit")
 
 
 def pytest_configure(config):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    # Spark's Python workers and the tests' subprocesses inherit this: there the test-only engine backends
-    # named by import path (tests.support.engines:faulty) import as they do here.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
+    # Importing pyspark.sql.connect (great_expectations tries it) exits the process when __main__ has
+    # neither __file__ nor __spec__ (pyspark takes that for a doctest run), as in a pytest-xdist worker.
+    # Outside xdist the import fails with ImportError when Spark Connect's client dependencies are missing,
+    # and great_expectations goes on without it: the same here. (Giving __main__ a __file__ instead would
+    # break multiprocessing's spawn, which imports __main__ by it.)
+    main = sys.modules["__main__"]
+    connect_deps = all(importlib.util.find_spec(m) for m in ("grpc_status", "zstandard"))
+    if getattr(main, "__spec__", None) is None and not hasattr(main, "__file__") and not connect_deps:
+        sys.modules.setdefault("pyspark.sql.connect", None)
+    # Spark's Python workers and the subprocesses tests start inherit this, so they import tests.support
+    # (the test-only engine backends of tests/support/engines.py) as the test process does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
     config.addinivalue_line("markers", "backends: run once per Delta backend (the backend is what is under test)")
     for name, text in TIERS.items():
@@ -53,11 +67,10 @@ def tier_of(path: Path, root: Path) -> str:
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by session-scoped params (the backend)
 def pytest_collection_modifyitems(config, items):
-    """Mark each test with its folder's tier, and run the tiers in TIERS' order, the fastest first."""
-    order = list(TIERS)
+    """Mark each test with its folder's tier; hand the tiers out in SCHEDULE's order (stable within)."""
     for item in items:
         item.add_marker(tier_of(item.path, config.rootpath))
-    items.sort(key=lambda item: order.index(tier_of(item.path, config.rootpath)))
+    items.sort(key=lambda item: SCHEDULE.index(tier_of(item.path, config.rootpath)))
 
 
 def pytest_generate_tests(metafunc):
@@ -67,25 +80,19 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend", BACKENDS if both else ("rs",), indirect=True, scope="session")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    started = time.perf_counter()
-    try:
-        return (yield)
-    finally:
-        stats = TIER_STATS[tier_of(item.path, item.config.rootpath)]
-        stats["tests"] += 1
-        stats["seconds"] += time.perf_counter() - started
-
-
 def pytest_runtest_logreport(report):
-    if report.when == "call" or report.outcome != "passed":
-        TIER_STATS[report.nodeid.split("/")[1]]["outcomes"][report.outcome] += 1
+    stats = TIER_STATS[report.nodeid.split("/")[1]]
+    stats["seconds"] += report.duration
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        stats["tests"] += 1
+        stats["outcomes"]["error" if report.when == "setup" and report.failed else report.outcome] += 1
+    elif report.when == "teardown" and report.failed:
+        stats["outcomes"]["error"] += 1
 
 
 def pytest_terminal_summary(terminalreporter):
     if TIER_STATS:
-        terminalreporter.section("tiers: tests, seconds")
+        terminalreporter.section("tiers: tests, test-seconds (summed over parallel workers)")
         for tier in (t for t in TIERS if t in TIER_STATS):
             s = TIER_STATS[tier]
             outcomes = ", ".join(f"{n} {what}" for what, n in sorted(s["outcomes"].items()))

@@ -1,5 +1,5 @@
 """The pipeline on a real Spark standalone cluster (tests/support/standalone.py: a master and two workers, each its
-own JVM on 127.0.0.1, two fake GPUs per worker), submitted with deploy/spark-submit.sh as a user would:
+own JVM and loopback host, two fake GPUs per worker), submitted with deploy/spark-submit.sh as a user would:
 client mode, delta-spark from Maven through --packages, the executors' code from the wheel's zip.
 
 The tests share one cluster, one scratch dir (the tiny model is built once) and one submission of ingest
@@ -83,7 +83,7 @@ class Submission:
 
     def __init__(
         self, cluster: StandaloneCluster, root: Path, scratch: Path, input_file: Path, command: str = "pipeline",
-        stages: str | None = None, extra: tuple[str, ...] = (),
+        stages: str | None = None, extra: tuple[str, ...] = (), spark_conf: dict[str, str] | None = None,
     ):  # fmt: skip
         self.cluster, self.root, self.lake = cluster, root, root / "lake"
         self.events = root / "events"
@@ -97,6 +97,7 @@ class Submission:
             f"spark.eventLog.enabled true\nspark.eventLog.dir file://{self.events}\n"
             "spark.eventLog.rolling.enabled false\nspark.eventLog.compress false\nspark.ui.enabled false\n"
             "spark.databricks.delta.snapshotPartitions 2\nspark.sql.sources.parallelPartitionDiscovery.parallelism 4\n"
+            + "".join(f"{k} {v}\n" for k, v in (spark_conf or {}).items())
         )
         self.log = root / f"submit-{len(list(root.glob('submit-*.log')))}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "INSTRUCTLAKE_"))}
@@ -307,9 +308,18 @@ def test_losing_a_worker_mid_generate(cluster, scratch, input_file, curated, tmp
     finished["worker_killed"] = run.lake
 
 
+TWO_TASKS = ("generate.tasks=2",)
+SPECULATION = {
+    "spark.speculation": "true", "spark.speculation.interval": "200ms", "spark.speculation.quantile": "0.5",
+    "spark.speculation.multiplier": "1.0", "spark.speculation.minTaskRuntime": "1s",
+}  # fmt: skip
+
+
 def test_losing_the_driver_mid_generate(cluster, scratch, input_file, curated, tmp_path, finished):
     cluster.wait_idle()  # the restarted worker has registered and the last application is gone
-    killed = Submission(cluster, lake_from(curated, tmp_path), scratch, input_file, command="generate")
+    # Two engine tasks, not four: losing the driver loses every task whatever their number, and each
+    # engine start costs seconds on these cores.
+    killed = Submission(cluster, lake_from(curated, tmp_path), scratch, input_file, command="generate", extra=TWO_TASKS)
     killed.wait_for_staged_responses()
     killed.kill()
     cluster.wait_idle()  # the master dropped the application and its executors (and their engines)
@@ -318,9 +328,13 @@ def test_losing_the_driver_mid_generate(cluster, scratch, input_file, curated, t
     generating = runs(killed.lake, "generate")
     assert list(generating.status) == ["running"]  # the dead driver never finished the stage
 
-    rerun = Submission(cluster, tmp_path, scratch, input_file, command="generate")
+    # The re-run with speculation on, eager: once one engine task finished, the other, running as long,
+    # gets a second attempt on a free GPU slot. The attempts race on the chunks; each lands once.
+    rerun = Submission(cluster, tmp_path, scratch, input_file, command="generate", extra=TWO_TASKS, spark_conf=SPECULATION)
     wall_s = rerun.wait()
     assert_answered_exactly_n(rerun.lake)
+    speculative = [e for log in rerun.event_logs() for e in log if e["Event"].endswith("TaskStart") and e["Task Info"]["Speculative"]]
+    print(f"\nre-run with speculation: {len(speculative)} speculative task attempt(s) started")
     assert not killed.staged_responses()
     (stats,) = generate_stats(rerun.lake)
     recovered = stats["recovered"]["responses"]

@@ -1,4 +1,4 @@
-"""Helpers of the cli tests, shared by their tiers."""
+"""`instructlake` run as a user runs it: a subprocess of the venv's interpreter."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Helpers of the decontam tests, shared by their tiers."""
+"""The benchmark items the decontamination tests plant (a fixture, registered in tests/conftest.py)."""
 
 import json
 

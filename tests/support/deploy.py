@@ -1,4 +1,4 @@
-"""Helpers of the deploy tests, shared by their tiers."""
+"""What the deployment tests share: the deploy dir, the model files, pins, and one dry run of spark-submit.sh (a fixture)."""
 
 from __future__ import annotations
 

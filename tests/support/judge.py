@@ -1,4 +1,4 @@
-"""Helpers of the judge tests, shared by their tiers."""
+"""Reading judgements and exported records back (judge and best-of-n export tests)."""
 
 from __future__ import annotations
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-IVY_DIR = REPO / ".scratch" / "ivy"  # the default work dir's Ivy cache: shared with `make demo`
+# The default work dir's Ivy cache, shared with `make demo`; one per pytest-xdist worker, since two JVMs
+# resolving into one Ivy cache at once can fail on each other's lock files.
+IVY_DIR = REPO / ".scratch" / "ivy" / os.environ.get("PYTEST_XDIST_WORKER", "")
 PROBE = Path(__file__).with_name("engine_probe.py")  # the real engines in a subprocess of their own
 BACKENDS = ("rs", "spark")
 

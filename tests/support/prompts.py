@@ -1,4 +1,4 @@
-"""Helpers of the prompts tests, shared by their tiers."""
+"""Real prompts from ../shared/data, written straight into `prompts` as curate would (LLM stage tests skip ingest and curate)."""
 
 from __future__ import annotations
 

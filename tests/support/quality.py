@@ -1,4 +1,4 @@
-"""Helpers of the quality tests, shared by their tiers."""
+"""Planted English and Japanese answers, each made to fire one response check (quality tests)."""
 
 
 

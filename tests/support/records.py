@@ -1,4 +1,4 @@
-"""Helpers of the records tests, shared by their tiers."""
+"""Real prompts of ../shared/data as raw records in the LMSYS-Chat-1M and WildChat layouts (ingest tests)."""
 
 import json
 

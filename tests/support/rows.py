@@ -1,4 +1,4 @@
-"""Helpers of the rows tests, shared by their tiers."""
+"""Rows of the store's tables for the store, lease and maintain tests."""
 
 import datetime as dt
 
