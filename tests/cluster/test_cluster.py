@@ -153,7 +153,9 @@ class Submission:
             time.sleep(0.2)
 
     def event_logs(self) -> list[list[dict]]:
-        return [[json.loads(line) for line in p.read_text().splitlines()] for p in sorted(self.events.iterdir())]
+        """The event logs of the applications that ended (a killed one's stays `.inprogress`, cut mid-line)."""
+        logs = sorted(p for p in self.events.iterdir() if not p.name.endswith(".inprogress"))
+        return [[json.loads(line) for line in p.read_text().splitlines()] for p in logs]
 
 
 def table(lake: Path, name: str) -> pd.DataFrame:
