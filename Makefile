@@ -35,11 +35,11 @@ demo: setup pipeline
 pipeline:
 	$(VENV)/bin/instructlake pipeline $(addprefix --conf ,$(CONF)) $(SET)
 
-# ruff (its rules and why: ruff.toml), then every tier in TEST_WORKERS pytest-xdist workers, one test
-# module at a time each, the longest first (tests/conftest.py SCHEDULE): about half of a serial run's time
-# is waiting (JVM and engine start-up, other processes), which a second worker fills. The log ends with
-# the 25 slowest tests and each tier's count and seconds.
-TEST_WORKERS ?= 2
+# ruff (its rules and why: ruff.toml), then every tier, the fastest first (tests/conftest.py SCHEDULE); the
+# log ends with the 25 slowest tests and each tier's count and seconds. TEST_WORKERS=2 runs the modules in
+# two pytest-xdist workers (--dist loadscope): on these 2-core machines it was no faster (JVMs and engines
+# contend for the cores) and made timing-sensitive tests slower, so the default is this process alone.
+TEST_WORKERS ?= 0
 test: setup lint
 	$(PY) -m pytest tests -q -rs --timeout=900 --durations=25 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 

@@ -50,15 +50,16 @@ def test_a_stalled_run_and_the_run_that_took_over_leave_every_key_once(ctx_facto
 
     thread = threading.Thread(target=run_a)
     thread.start()
-    # A's task holds after its first chunk; wait until that chunk is committed (direct) or staged.
-    staged = tmp_path / "staging" / "responses"
-    wait_for(lambda: a.store.exists("responses") and (a.store.read("responses").count() > 0 or any(staged.glob("*.parquet"))))
-
-    b = ctx_factory(*sets)  # another driver's context, its own run id and store
-    second = run_stage(b, "generate")  # A's leases lapsed: B takes them over and answers what is left
-    assert 0 < second.rows_out < len(ids) * N  # A's first chunk was A's
-    gate.touch()
-    thread.join(timeout=300)
+    try:
+        # A's task holds after its first chunk; wait until that chunk is committed (direct) or staged.
+        staged = tmp_path / "staging" / "responses"
+        wait_for(lambda: a.store.exists("responses") and (a.store.read("responses").count() > 0 or any(staged.glob("*.parquet"))))
+        b = ctx_factory(*sets, "run.lease.wait_s=120")  # another driver: it waits until A's leases lapse
+        second = run_stage(b, "generate")  # then takes them over and answers what is left
+        assert 0 < second.rows_out < len(ids) * N  # A's first chunk was A's
+    finally:
+        gate.touch()  # whatever happened, A's task goes on and its job ends with this test
+        thread.join(timeout=300)
     assert not thread.is_alive()
 
     responses = b.store.read("responses").toPandas()
