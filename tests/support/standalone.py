@@ -1,4 +1,4 @@
-"""A real Spark standalone cluster on loopback for tests: one master and N workers, each its own JVM and host.
+"""A real Spark standalone cluster on 127.0.0.1 for tests: one master and N workers, each its own JVM.
 
 The daemons come from the pyspark install (its bin/spark-class), so the cluster runs exactly the Spark the
 driver has. Each worker runs in a process group of its own (start_new_session): its executor and the
@@ -80,9 +80,8 @@ class StandaloneCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
         env.update(
             SPARK_HOME=str(SPARK_HOME), SPARK_CONF_DIR=str(conf_dir), SPARK_LOCAL_IP="127.0.0.1",
-            SPARK_DAEMON_MEMORY="512m", SPARK_DAEMON_JAVA_OPTS="-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m",
+            SPARK_DAEMON_MEMORY="512m", SPARK_DAEMON_JAVA_OPTS="-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m", **extra,
         )  # fmt: skip
-        env.update(extra)
         return env
 
     def _start(self, name: str, args: list[str], env: dict[str, str], ready: str) -> Daemon:
@@ -114,9 +113,6 @@ class StandaloneCluster:
             self.start_worker(i)
         return self
 
-    def worker_host(self, i: int) -> str:
-        return f"127.0.0.{i + 1}"
-
     def worker_gpus(self, i: int) -> list[str]:
         return [str(i * self.gpus_per_worker + g) for g in range(self.gpus_per_worker)]
 
@@ -125,14 +121,11 @@ class StandaloneCluster:
             f"-Dspark.worker.resource.gpu.amount={self.gpus_per_worker} "
             f"-Dspark.worker.resource.gpu.discoveryScript={FAKE_GPUS}"
         )
-        # Each worker a host of its own on loopback (127.0.0.1, 127.0.0.2, ...): Spark places a speculative
-        # attempt only on another host than the running one, as on a real cluster.
-        host = self.worker_host(i)
-        env = self._env(SPARK_WORKER_OPTS=opts, INSTRUCTLAKE_FAKE_GPUS=",".join(self.worker_gpus(i)), SPARK_LOCAL_IP=host)
+        env = self._env(SPARK_WORKER_OPTS=opts, INSTRUCTLAKE_FAKE_GPUS=",".join(self.worker_gpus(i)))
         work = self.root / f"worker-{i}"
         return self._start(
             f"worker-{i}",
-            ["org.apache.spark.deploy.worker.Worker", self.url, "--host", host, "--port", str(free_port()),
+            ["org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1", "--port", str(free_port()),
              "--webui-port", str(free_port()), "--cores", str(self.cores_per_worker),
              "--memory", self.memory_per_worker, "--work-dir", str(work)],
             env,
