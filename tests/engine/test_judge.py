@@ -11,7 +11,6 @@ engine (conf/models/scripted.yaml).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -32,10 +31,7 @@ from instructlake.udfs.prompts import judge_messages, parse_judge_score
 from instructlake.udfs.text import content_hash, prompt_id
 from tests.support.judge import judgements, read_export
 from tests.support.lake import PROBE, REPO, response
-from tests.support.prompts import real_prompts, seed_prompts
-
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-
+from tests.support.prompts import NOW, real_prompts, seed_prompts
 
 BASE = (
     "generate.input=prompts", "generate.sampling.max_tokens=12", "generate.chunk_rows=4", "generate.tasks=2",

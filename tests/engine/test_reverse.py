@@ -10,7 +10,6 @@ finish) the last test checks that min_score keeps exactly the pairs scored at or
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pytest
@@ -21,10 +20,7 @@ from instructlake.jobs.runs import run_stage
 from instructlake.jobs.tables import SCHEMAS
 from instructlake.udfs import kinds as K
 from instructlake.udfs.text import normalize, prompt_id
-from tests.support.prompts import real_prompts
-
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-
+from tests.support.prompts import NOW, real_prompts
 
 BASE = (
     "reverse.input=prompts", "generate.input=prompts", "reverse.sources=[lingua]", "reverse.finish_reasons=[]",
