@@ -205,9 +205,10 @@ def run_partition(
 ) -> Iterator[pd.DataFrame]:
     """Generate and commit one Spark partition, chunk by chunk; yields one summary row per chunk.
 
-    Chunk keys are `<partition>-<chunk>`; the sink scopes them to the job. A retried task attempt (attempt
-    > 0) sees the same rows in the same order (the driver pins its inputs), so it skips chunks the sink
-    already holds without generating them again. `placement` (PLACEMENT_KEYS: host, executor, task attempt
+    Chunk keys are `<partition>-<chunk>`; the sink scopes them to the job. Every attempt of a task sees the
+    same rows in the same order (the driver pins its inputs), so it skips chunks the sink already holds
+    without generating them again; whatever its attempt number, since a stage resubmitted after a lost
+    shuffle runs its tasks again as attempt 0. `placement` (PLACEMENT_KEYS: host, executor, task attempt
     id, Spark-assigned GPU addresses) goes into every summary row, with the CUDA_VISIBLE_DEVICES that the
     engine serving the task was built with.
     """
@@ -259,7 +260,7 @@ def run_partition(
                     break
                 part = frame.iloc[start : start + task.chunk_rows]
                 key = f"{partition}-{chunk}"
-                if attempt > 0 and sink.done(key):
+                if sink.done(key):
                     progress.add(len(part), 0)
                     yield pd.DataFrame([summary(chunk, "skipped", prompts=len(part))])
                     continue

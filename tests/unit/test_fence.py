@@ -122,3 +122,35 @@ def test_a_staged_chunk_is_done_once_its_main_file_is_there(tmp_path):
     sink.commit("0-0", {"responses": [], "generation_errors": [{"k": "e1", "v": 1}]})
     assert sink.done("0-0")
     assert (tmp_path / "staging" / "responses" / "generate-r1-n1-0-0.parquet").is_file()
+
+
+class DoneSink:
+    """Holds the chunks of `done` already (committed by an earlier attempt); records what is committed."""
+
+    def __init__(self, *done: str):
+        self.held, self.committed = set(done), []
+
+    def done(self, chunk_key):
+        return chunk_key in self.held
+
+    def commit(self, chunk_key, rows):
+        self.committed.append((chunk_key, sorted(r["prompt_id"] for r in rows["responses"])))
+        return True
+
+
+def test_a_first_attempt_skips_the_chunks_already_committed():
+    """A stage resubmitted after a lost shuffle runs its tasks again as attempt 0: chunks that an attempt of
+    the earlier stage attempt committed are skipped, not generated again."""
+    import pandas as pd
+
+    from instructlake.udfs import engine as E
+    from instructlake.udfs import generation as G
+
+    spec = {"backend": "scripted", "model": "m", "engine_args": {"rules": [{"match": ".", "reply": "ok"}]}}
+    task = G.LLMTask("respond", "m", spec, E.SamplingConfig(max_tokens=4), {"model": "m"}, "r1", 2, 2, 30.0)
+    ids = ["p0", "p1", "p2", "p3"]
+    frame = pd.DataFrame(dict(prompt_id=ids, origin_prompt_id=ids, task="respond", lang="en", text="Hi", attempt=1))
+    sink = DoneSink("0-0")
+    summaries = pd.concat(G.run_partition(iter([frame]), task, sink, partition=0, attempt=0))
+    assert list(summaries["status"]) == ["skipped", "committed"]
+    assert sink.committed == [("0-1", ["p2", "p3"])]
