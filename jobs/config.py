@@ -229,7 +229,7 @@ class LangidConf(_Section):
     lower_caps: bool
     langs: list[str]
     und: Literal["keep", "reject"]
-    raw_below: float = Field(ge=0, le=1)
+    unspaced_below: float = Field(ge=0, le=1)
     candidates: list[str]
     candidates_k: int = Field(ge=1)
 

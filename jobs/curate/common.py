@@ -45,7 +45,7 @@ def filter_options(c: CurateConf) -> U.FilterOptions:
 def lang_options(c: CurateConf) -> U.LangOptions:
     g = c.langid
     return U.LangOptions(
-        g.model, g.threshold, g.max_chars, g.lower_caps, tuple(g.langs), g.und, g.raw_below, tuple(g.candidates), g.candidates_k
+        g.model, g.threshold, g.max_chars, g.lower_caps, tuple(g.langs), g.und, g.unspaced_below, tuple(g.candidates), g.candidates_k
     )
 
 
