@@ -267,7 +267,7 @@ class CurateConf(_Section):
 class QualityConf(_Section):
     repetition_threshold: float = Field(gt=0, le=1)
     repetition_run_chars: int = Field(ge=10)
-    lang_min_chars: int = Field(ge=0)
+    lang_min_words: int = Field(ge=0)
     lang_threshold: float = Field(ge=0, le=1)
     langid_model: str | None
     gate: list[Literal["empty", "truncated", "repetition", "wrong_language", "refusal", "self_identification", "pii_leak"]]

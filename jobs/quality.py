@@ -68,7 +68,7 @@ def run(ctx: Context) -> StageResult:
     params = {
         "repetition_threshold": conf.repetition_threshold,
         "repetition_run_chars": conf.repetition_run_chars,
-        "lang_min_chars": conf.lang_min_chars,
+        "lang_min_words": conf.lang_min_words,
         "lang_threshold": conf.lang_threshold,
         "langid_model": conf.langid_model,
     }
