@@ -23,7 +23,7 @@ from instructlake.udfs.checks import CHECKS, check_batch, prose_words
 from instructlake.udfs.text import prose
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the hand-checked labels live beside their test
-from tests.unit.test_checks_real import EXPECTED, KNOWN_FALSE  # noqa: E402
+from tests.unit.test_checks_real import EXPECTED, KNOWN_FALSE
 
 ALIGNED_DOLLY = 84  # Dolly-ja's open_qa rows in the order of the English file's, as far as they match
 
