@@ -383,6 +383,7 @@ class LLMStageConf(_Section):
     tasks: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     chunk_rows: int = Field(ge=1)
+    inflight_chunks: int = Field(ge=1)
     commit: Literal["auto", "direct", "staged"]
     staging_dir: str | None
     max_attempts: int = Field(ge=1)

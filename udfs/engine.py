@@ -10,6 +10,12 @@ A batch never fails because of one row: a prompt that does not fit the context b
 `prompt_too_long` result, and a batch the backend raises on is bisected until the failing requests are
 isolated, each of which becomes an error result. Only a dead engine is fatal.
 
+`BatchEngine.stream` feeds an engine chunks of requests and hands each chunk's results back as soon as
+its last request finished. A backend that can take requests one at a time while it runs (vLLM:
+`LLMEngine.add_request` / `step`) keeps a window of chunks inside the engine, so new requests start as
+others finish: synchronous calls would let the engine drain at the end of each call, its last long
+answers running nearly alone. Call-based backends (transformers, scripted) serve one chunk at a time.
+
 Backends are a registry, `BACKENDS` (vllm, transformers, scripted). An engine spec's `backend` may also be
 an import path `package.module:attr` naming a factory `(spec: EngineSpec, device: str) -> BatchEngine` of
 one's own (an engine client, say): `backend_factory` imports it where the engine is built, on the executor,
@@ -18,9 +24,11 @@ so its module must be importable there (installed, or on the workers' PYTHONPATH
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -29,10 +37,10 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,8 @@ PROMPT_TOO_LONG = "prompt_too_long"
 # `package.module:attr` (attr may be dotted): a backend factory of one's own, imported where the engine is built
 BACKEND_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 FATAL_ERRORS = frozenset({"EngineDeadError"})  # the engine is unusable: retrying rows would be pointless
+_REQUEST_IDS = itertools.count()  # ids of requests inside a streaming engine: unique in this process
+T = TypeVar("T")
 
 # Measured on CPU machines (ENVIRONMENT.md): an in-process engine starts in 2-3 s and works in forked
 # and daemonic workers; one OpenMP thread avoids oversubscription when several workers share cores.
@@ -89,7 +99,7 @@ class Result:
     finish_reasons: list[str]
     prompt_tokens: int
     completion_tokens: list[int]
-    latency_s: float  # wall time of the engine call that served the request (shared by its batch)
+    latency_s: float  # seconds from the request's entry into the engine to its end (call-based: the call's)
     error: str | None = None
     error_class: str | None = None
 
@@ -103,6 +113,10 @@ class Engine(Protocol):
     max_model_len: int
 
     def generate(self, requests: Sequence[Request]) -> list[Result]: ...
+
+    def stream(
+        self, chunks: Iterable[tuple[T, Sequence[Request]]], window: int, batch_size: int
+    ) -> Iterator[tuple[T, list[Result]]]: ...
 
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int: ...
 
@@ -141,11 +155,13 @@ class EngineSpec:
 
 
 class BatchEngine(ABC):
-    """Shared request handling: context-length check, then bisection around `_run_batch` failures."""
+    """Shared request handling: context-length check, bisection around `_run_batch` failures, and the
+    streaming loop over `_submit` / `_poll` / `_abort` for backends that set `streams`."""
 
     version: str
     max_model_len: int
     dead = False  # set when a fatal error left the engine unusable; get_engine then rebuilds
+    streams = False  # the backend implements _submit, _poll and _abort (requests enter while it runs)
 
     @abstractmethod
     def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
@@ -155,31 +171,64 @@ class BatchEngine(ABC):
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt length after the chat template, as the engine will see it."""
 
+    def _prompt(self, messages: list[dict[str, str]]) -> tuple[Any, int]:
+        """What `_submit` takes for these messages, and its length in tokens. A backend that tokenizes to
+        count returns the token ids, so a streamed prompt is rendered and tokenized once."""
+        return None, self.count_prompt_tokens(messages)
+
+    def _submit(self, rid: str, request: Request, prompt: Any) -> None:
+        """Streaming backends: put one request (its `_prompt`) into the running engine; raising fails
+        this request only."""
+        raise NotImplementedError
+
+    def _poll(self) -> list[tuple[str, Result]]:
+        """Streaming backends: one engine step; the requests it finished, by rid (their Result's key and
+        latency are filled in by the caller). Raising fails every request in the engine."""
+        raise NotImplementedError
+
+    def _abort(self, rids: Sequence[str]) -> None:
+        """Streaming backends: drop these requests (finished or unknown ones are ignored)."""
+        raise NotImplementedError
+
     def _mark_dead(self) -> None:
         self.dead = True
+
+    def _raise_if_fatal(self, exc: BaseException) -> None:
+        if type(exc).__name__ in FATAL_ERRORS:
+            self._mark_dead()
+            raise exc
 
     def close(self) -> None:  # noqa: B027 -- a default: an engine without a model (scripted) frees nothing
         """Free what the engine holds (its model's memory); it is unusable afterwards."""
 
-    def generate(self, requests: Sequence[Request]) -> list[Result]:
-        results: dict[int, Result] = {}
-        runnable: list[tuple[int, Request]] = []
+    def _check(self, requests: Sequence[Request]) -> tuple[dict[int, Result], list[tuple[int, Request, Any]]]:
+        """Per-row failures before the engine (a prompt that does not fit, messages the template rejects),
+        by position, and the requests that may run, with their `_prompt`."""
+        failed: dict[int, Result] = {}
+        runnable: list[tuple[int, Request, Any]] = []
         for i, req in enumerate(requests):
             try:
-                n_tokens = self.count_prompt_tokens(req.messages)
+                prompt, n_tokens = self._prompt(req.messages)
             except Exception as exc:  # malformed messages or a template that rejects them: this row only
-                results[i] = Result.failed(req.key, type(exc).__name__, str(exc))
+                failed[i] = Result.failed(req.key, type(exc).__name__, str(exc))
                 continue
             # Leave room for the requested output; vLLM needs at least one output token.
             budget = self.max_model_len - (req.sampling.max_tokens or 1)
             if n_tokens > budget:
                 msg = f"prompt has {n_tokens} tokens; max_model_len {self.max_model_len} leaves {budget}"
-                results[i] = Result.failed(req.key, PROMPT_TOO_LONG, msg, n_tokens)
+                failed[i] = Result.failed(req.key, PROMPT_TOO_LONG, msg, n_tokens)
             else:
-                runnable.append((i, req))
-        done = self._isolate([r for _, r in runnable])
-        results.update((i, res) for (i, _), res in zip(runnable, done, strict=True))
+                runnable.append((i, req, prompt))
+        return failed, runnable
+
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        results, runnable = self._check(requests)
+        done = self._isolate([r for _, r, _ in runnable])
+        results.update((i, res) for (i, _, _), res in zip(runnable, done, strict=True))
         return [results[i] for i in range(len(requests))]
+
+    def _in_calls(self, requests: Sequence[Request], batch_size: int) -> list[Result]:
+        return [res for b in range(0, len(requests), batch_size) for res in self.generate(requests[b : b + batch_size])]
 
     def _isolate(self, requests: Sequence[Request]) -> list[Result]:
         if not requests:
@@ -187,14 +236,99 @@ class BatchEngine(ABC):
         try:
             return self._run_batch(requests)
         except Exception as exc:
-            if type(exc).__name__ in FATAL_ERRORS:
-                self._mark_dead()
-                raise
+            self._raise_if_fatal(exc)
             if len(requests) == 1:
                 log.warning("request %s failed: %s: %s", requests[0].key, type(exc).__name__, exc)
                 return [Result.failed(requests[0].key, type(exc).__name__, str(exc))]
             mid = len(requests) // 2
             return self._isolate(requests[:mid]) + self._isolate(requests[mid:])
+
+    def _drain(self, requests: Sequence[Request]) -> list[Result]:
+        """`_run_batch` of a streaming backend: every request in, steps until all are done; raises (after
+        dropping the batch's requests from the engine) when a request or a step fails, so the caller bisects."""
+        rids = [str(next(_REQUEST_IDS)) for _ in requests]
+        start = time.perf_counter()
+        done: dict[str, Result] = {}
+        try:
+            for rid, req in zip(rids, requests, strict=True):
+                self._submit(rid, req, self._prompt(req.messages)[0])
+            while len(done) < len(rids):
+                done.update(self._poll())
+        except BaseException:
+            self._abort(rids)
+            raise
+        latency = time.perf_counter() - start
+        return [dataclasses.replace(done[rid], key=req.key, latency_s=latency) for rid, req in zip(rids, requests, strict=True)]
+
+    def stream(
+        self, chunks: Iterable[tuple[T, Sequence[Request]]], window: int, batch_size: int
+    ) -> Iterator[tuple[T, list[Result]]]:
+        """(tag, results in request order) per chunk of `chunks` ((tag, requests) pairs, taken lazily), as
+        soon as the chunk's last request finished: not necessarily in input order.
+
+        A streaming backend holds up to `window` chunks inside the engine and takes in the next chunk when
+        one finishes; a row fails alone as in `generate` (too long, or refused by `_submit`). When an engine
+        step raises, the unfinished requests of the chunks in flight are dropped from the engine and run
+        again through `generate` in calls of `batch_size`, which bisects around the failing ones. Closing
+        the iterator early drops the requests still in flight, so a reused engine starts clean. Other
+        backends run one chunk at a time through `generate`, in calls of `batch_size`.
+        """
+        if not self.streams:
+            for tag, requests in chunks:
+                yield tag, self._in_calls(requests, batch_size)
+            return
+        source = iter(chunks)
+        flights: dict[int, tuple[T, Sequence[Request], dict[int, Result]]] = {}  # admission order
+        where: dict[str, tuple[int, int, float]] = {}  # rid -> (flight, position, when it entered)
+        admitted = itertools.count()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(flights) < window:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    tag, requests = item
+                    results, runnable = self._check(requests)
+                    flight = next(admitted)
+                    flights[flight] = (tag, requests, results)
+                    for i, req, prompt in runnable:
+                        rid = str(next(_REQUEST_IDS))
+                        try:
+                            self._submit(rid, req, prompt)
+                        except Exception as exc:
+                            self._raise_if_fatal(exc)
+                            log.warning("request %s failed: %s: %s", req.key, type(exc).__name__, exc)
+                            results[i] = Result.failed(req.key, type(exc).__name__, str(exc))
+                        else:
+                            where[rid] = (flight, i, time.perf_counter())
+                for flight in [f for f, (_, reqs, res) in flights.items() if len(res) == len(reqs)]:
+                    tag, requests, results = flights.pop(flight)
+                    yield tag, [results[i] for i in range(len(requests))]
+                if not flights:
+                    if exhausted:
+                        return
+                    continue
+                try:
+                    finished = self._poll()
+                except Exception as exc:
+                    self._raise_if_fatal(exc)
+                    log.warning("engine step failed (%s: %s): re-running %d requests in calls", type(exc).__name__, exc, len(where))
+                    self._abort(list(where))
+                    where.clear()
+                    for _, requests, results in flights.values():
+                        redo = [i for i in range(len(requests)) if i not in results]
+                        results.update(zip(redo, self._in_calls([requests[i] for i in redo], batch_size), strict=True))
+                    continue
+                now = time.perf_counter()
+                for rid, res in finished:
+                    flight, i, entered = where.pop(rid)
+                    results = flights[flight][2]
+                    results[i] = dataclasses.replace(res, key=flights[flight][1][i].key, latency_s=now - entered)
+        finally:
+            if where:
+                self._abort(list(where))
 
 
 def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
@@ -225,16 +359,24 @@ def vllm_args(engine_args: Mapping[str, Any], device: str) -> dict[str, Any]:
 
 
 class VllmEngine(BatchEngine):
-    """vLLM's offline `LLM.chat`, one SamplingParams per request so each carries its own seed."""
+    """vLLM's `LLMEngine` fed request by request (`add_request` / `step`), one SamplingParams per request so
+    each carries its own seed. Prompts go in as the token ids of the chat template's rendering, the same ids
+    `LLM.chat` would make (see _prompt_ids)."""
+
+    streams = True
 
     def __init__(self, spec: EngineSpec, device: str):
         args = vllm_args(spec.engine_args, device)
         if device == "cpu":
             _set_torch_threads(spec.cpu_threads)
         import vllm
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
 
         self.llm = vllm.LLM(model=spec.model, **args)
         self._sampling_params = vllm.SamplingParams
+        self._tokens_input = tokens_input
+        self._final_only = RequestOutputKind.FINAL_ONLY
         self.tokenizer = self.llm.get_tokenizer()
         self.chat_template = spec.chat_template
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
@@ -243,34 +385,48 @@ class VllmEngine(BatchEngine):
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(_prompt_ids(self.tokenizer, messages, self.chat_template))
 
+    def _prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], int]:
+        ids = _prompt_ids(self.tokenizer, messages, self.chat_template)
+        return ids, len(ids)
+
     def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
-        params = [
-            self._sampling_params(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
-            for s in (r.sampling for r in requests)
-        ]
-        start = time.perf_counter()
-        try:
-            outputs = self.llm.chat(
-                [r.messages for r in requests], params, chat_template=self.chat_template, use_tqdm=False
-            )
-        except Exception:
-            self._abort_unfinished()
-            raise
-        latency = time.perf_counter() - start
-        results = []
-        for req, out in zip(requests, outputs, strict=True):
+        return self._drain(requests)
+
+    def params(self, request: Request) -> Any:
+        """The request's vllm.SamplingParams."""
+        s = request.sampling
+        return self._sampling_params(
+            n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
+            output_kind=self._final_only,  # one output per request, when it is done
+        )  # fmt: skip
+
+    def _submit(self, rid: str, request: Request, prompt: list[int]) -> None:
+        self.llm.llm_engine.add_request(rid, self._tokens_input(prompt), self.params(request))
+
+    def _poll(self) -> list[tuple[str, Result]]:
+        done = []
+        for out in self.llm.llm_engine.step():
+            if not out.finished:
+                continue
             samples = sorted(out.outputs, key=lambda c: c.index)
-            results.append(
-                Result(
-                    key=req.key,
-                    texts=[c.text for c in samples],
-                    finish_reasons=[str(c.finish_reason) for c in samples],
-                    prompt_tokens=len(out.prompt_token_ids or ()),
-                    completion_tokens=[len(c.token_ids) for c in samples],
-                    latency_s=latency,
+            done.append(
+                (
+                    out.request_id,
+                    Result(
+                        key=out.request_id,
+                        texts=[c.text for c in samples],
+                        finish_reasons=[str(c.finish_reason) for c in samples],
+                        prompt_tokens=len(out.prompt_token_ids or ()),
+                        completion_tokens=[len(c.token_ids) for c in samples],
+                        latency_s=0.0,
+                    ),
                 )
             )
-        return results
+        return done
+
+    def _abort(self, rids: Sequence[str]) -> None:
+        # Requests left in the engine would otherwise come out of a later step, mixed into other work.
+        self.llm.llm_engine.abort_request(list(rids))
 
     def close(self) -> None:
         # An in-process engine core (CPU) frees with the LLM object; a multiprocess one (GPU) must be shut
@@ -280,13 +436,6 @@ class VllmEngine(BatchEngine):
             core.shutdown()
         del self.llm
         _free_memory()
-
-    def _abort_unfinished(self) -> None:
-        # A failure mid-run leaves requests queued in the engine; the next call would otherwise
-        # return their outputs mixed with its own.
-        engine = self.llm.llm_engine
-        if pending := list(getattr(engine.output_processor, "request_states", ())):
-            engine.abort_request(pending, internal=True)
 
 
 class TransformersEngine(BatchEngine):

@@ -2,11 +2,12 @@
 table rows, one chunk at a time.
 
 `engine_task` is the body of a Spark task (mapInPandas): `run_partition` sorts its rows, cuts them into
-chunks of `chunk_rows`, generates each chunk with the worker's engine (`engine.get_engine`, built once per
-Python worker) in engine calls of `batch_size` requests, and hands the chunk's rows to a *sink*
-(udfs.sinks: a Delta commit, or a staged Parquet file) that commits them on a background thread while the
-engine already works on the next chunk. A crash loses at most the chunk in flight. It yields one small
-summary row per chunk. What a row asks for and which rows its result becomes is its kind's
+chunks of `chunk_rows` and streams them through the worker's engine (`engine.get_engine`, built once per
+Python worker; `BatchEngine.stream`): up to `inflight_chunks` chunks are inside the engine at once, new
+requests entering as others finish, so the engine never drains between chunks. When a chunk's last request
+is done, its rows go to a *sink* (udfs.sinks: a Delta commit, or a staged Parquet file) that commits them
+on a background thread while the engine goes on. A crash loses at most the chunks in flight. It yields one
+small summary row per chunk. What a row asks for and which rows its result becomes is its kind's
 (udfs.kinds, named by the row's `task`).
 
 The sink is anything with `done(chunk_key) -> bool` and `commit(chunk_key, rows) -> bool`, where rows
@@ -62,9 +63,12 @@ class LLMTask:
     sampling: E.SamplingConfig  # request seeds are derived from sampling.seed and the prompt id
     gen_config: Mapping[str, Any]  # what identifies the output; with the row's task, gen_config_id hashes it
     run_id: str
-    batch_size: int  # requests per engine call (the unit that a failure bisects)
-    chunk_rows: int  # prompts per commit (a crash loses at most one chunk)
+    batch_size: int  # requests per engine call of a call-based backend, and the unit that a failure bisects
+    chunk_rows: int  # prompts per commit
     progress_interval_s: float
+    # Chunks inside a streaming engine at once (a crash loses at most these); the stage's config sets it
+    # (llm.inflight_chunks), the default only serves callers that build a task by hand.
+    inflight_chunks: int = 1
     system_prompt: str | None = None  # respond, judge: a system message before the prompt
     chat_template: str | None = None
     target_lang: str | None = None  # translate: language code of the translation
@@ -253,29 +257,35 @@ def run_partition(
                 row["rows_out"] = 0
             yield pd.DataFrame([row])
 
+    bounds = list(enumerate(range(0, total, task.chunk_rows)))
+    todo = []
+    for chunk, start in bounds:
+        part = frame.iloc[start : start + task.chunk_rows]
+        if sink.done(f"{partition}-{chunk}"):
+            progress.add(len(part), 0)
+            yield pd.DataFrame([summary(chunk, "skipped", prompts=len(part))])
+        else:
+            todo.append((chunk, part))
+    if todo:
+        t0 = time.perf_counter()
+        builds = E.build_counts.get(spec_key, 0)
+        engine = E.get_engine(task.spec())
+        engine_start = time.perf_counter() - t0 if E.build_counts.get(spec_key, 0) > builds else 0.0
+        progress.restart()
+    chunks = (((chunk, part), requests_for(task, part)) for chunk, part in todo)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as pool:
+        stream = engine.stream(chunks, task.inflight_chunks, task.batch_size) if todo else None
         try:
-            for chunk, start in enumerate(range(0, total, task.chunk_rows)):
-                if fenced:
-                    break
-                part = frame.iloc[start : start + task.chunk_rows]
-                key = f"{partition}-{chunk}"
-                if sink.done(key):
-                    progress.add(len(part), 0)
-                    yield pd.DataFrame([summary(chunk, "skipped", prompts=len(part))])
-                    continue
-                if engine is None:
-                    t0 = time.perf_counter()
-                    builds = E.build_counts.get(spec_key, 0)
-                    engine = E.get_engine(task.spec())
-                    engine_start = time.perf_counter() - t0 if E.build_counts.get(spec_key, 0) > builds else 0.0
-                    progress.restart()
+            while stream is not None and not fenced:
                 t0 = time.perf_counter()
-                requests = requests_for(task, part)
-                results: list[E.Result] = []
-                for b in range(0, len(requests), task.batch_size):
-                    results += engine.generate(requests[b : b + task.batch_size])
+                item = next(stream, None)
+                # The time spent in the engine since the previous chunk came out: summed over a task's
+                # chunks, the engine's busy time (the rest it waited on this loop and its commits).
                 gen_s = time.perf_counter() - t0
+                if item is None:
+                    break
+                (chunk, part), results = item
                 rows = rows_for(task, part, results, engine.version, engine.max_model_len)
                 main = rows[task.table]
                 ok = [r for r in results if not r.error_class]
@@ -292,10 +302,12 @@ def run_partition(
                 engine_start = 0.0
                 # At most one commit in flight: wait for the previous chunk before queueing this one.
                 yield from settle(block_all=True)
-                pending.append((pool.submit(sink.commit, key, rows), row, time.perf_counter()))
+                pending.append((pool.submit(sink.commit, f"{partition}-{chunk}", rows), row, time.perf_counter()))
                 progress.add(len(part), tokens)
             yield from settle(block_all=True)
         finally:
+            if stream is not None:
+                stream.close()  # a fenced or failed task drops its requests still in the engine
             for future, _, _ in pending:  # a failure elsewhere: let the commit in flight finish first
                 future.exception()
     if total:

@@ -219,6 +219,8 @@ def _summarize(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     """Stage stats from the tasks' summary rows (one per chunk)."""
     done = [r for r in rows if r["status"] in ("committed", "already_committed")]
     tokens = sum(r["completion_tokens"] for r in done)
+    # A chunk's gen_s is the time its task spent in the engine since the previous chunk came out, so the sum
+    # is the engines' busy time: what the engine worked, not what it waited on commits or the loop.
     gen_s = sum(r["gen_s"] for r in done)
     # What the engine time cost in devices: a GPU task holds its GPUs for gen_s, a CPU task one core slot.
     device_s = sum(r["gen_s"] * (len(r["gpus"].split(",")) if r["gpus"] else 1) for r in done)
@@ -240,12 +242,12 @@ def _summarize(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "prompt_tokens": sum(r["prompt_tokens"] for r in done),
         "completion_tokens": tokens,
         "wall_s": round(wall_s, 3),
-        "engine_s": round(gen_s, 3),  # summed over tasks
+        "engine_s": round(gen_s, 3),  # engine-busy seconds, summed over tasks
         "device_s": round(device_s, 3),  # engine seconds x the devices each task held
         "devices": "gpu" if any(r["gpus"] for r in done) else "cpu",
         "requests": sum(r["prompts"] for r in done),
         "tokens_per_s": round(tokens / wall_s, 1) if wall_s else 0.0,
-        "tokens_per_engine_s": round(tokens / gen_s, 1) if gen_s else 0.0,
+        "tokens_per_engine_s": round(tokens / gen_s, 1) if gen_s else 0.0,  # completion tokens per engine-busy second
         "engine_builds_per_worker": {str(k): v for k, v in sorted(builds.items())},
         "engine_start_s": [round(s, 2) for s in starts],
         "engine_version": next((r["engine_version"] for r in rows if r["engine_version"]), None),
@@ -256,14 +258,19 @@ def _summarize(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
 def _engine_tasks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per task attempt that finished (a lost attempt's summaries never reach the driver): where
     it ran, the GPUs Spark assigned it, the CUDA_VISIBLE_DEVICES of the engine that served it (null when
-    every chunk was skipped and no engine was needed), its chunks."""
+    every chunk was skipped and no engine was needed), its chunks, its engine-busy seconds and tokens/s."""
     tasks: dict[tuple[int, int], dict[str, Any]] = {}
     for r in sorted(rows, key=lambda r: (r["partition"], r["attempt"], r["chunk"])):
         t = tasks.setdefault(
             (r["partition"], r["attempt"]),
             {k: r[k] for k in ("partition", "attempt", "task_attempt_id", "host", "executor", "pid", "gpus")}
-            | {"cuda_visible_devices": None, "chunks": 0},
+            | {"cuda_visible_devices": None, "chunks": 0, "engine_s": 0.0, "completion_tokens": 0},
         )
         t["cuda_visible_devices"] = t["cuda_visible_devices"] or r["cuda_visible_devices"]
         t["chunks"] += 1
+        if r["status"] in ("committed", "already_committed"):
+            t["engine_s"] = round(t["engine_s"] + r["gen_s"], 3)
+            t["completion_tokens"] += r["completion_tokens"]
+    for t in tasks.values():
+        t["tokens_per_engine_s"] = round(t["completion_tokens"] / t["engine_s"], 1) if t["engine_s"] else 0.0
     return list(tasks.values())

@@ -166,6 +166,7 @@ def llm_task(ctx: Any, llm: LLMStageConf, model: ResolvedModel, kind: str, **fie
         chat_template=model.chat_template,
         batch_size=llm.batch_size,
         chunk_rows=llm.chunk_rows,
+        inflight_chunks=llm.inflight_chunks,
         progress_interval_s=llm.progress_interval_s,
         **fields,
     )

@@ -77,6 +77,17 @@ def test_injected_fault_is_isolated_by_bisection(probe: dict) -> None:
     assert all(r["texts"] == clean[k] for k, r in faulty.items() if not r["error_class"])
 
 
+def test_streaming_gives_the_rows_of_calls_and_isolates_failures_mid_stream(probe: dict) -> None:
+    assert _texts(probe["streamed"]) == _texts(probe["sampled"])
+    assert [r["completion_tokens"] for r in probe["streamed"]] == [r["completion_tokens"] for r in probe["sampled"]]
+    rows = {r["key"]: r for r in probe["streamed_faults"]}
+    assert rows["huge"]["error_class"] == E.PROMPT_TOO_LONG and rows["s2"]["error_class"] == "InjectedFault"
+    clean = {r["key"]: r["texts"] for r in probe["sampled"]}
+    assert {k: r["texts"] for k, r in rows.items() if not r["error_class"]} == {k: v for k, v in clean.items() if k != "s2"}
+    assert _texts(probe["streamed_flaky"]) == _texts(probe["greedy_vllm"])  # the failed step's requests re-ran
+    assert probe["pending_after_close"] == 0  # a stream closed early leaves nothing in the engine
+
+
 def test_transient_engine_failure_loses_no_row(probe: dict) -> None:
     assert probe["pending_after_failure"] == 0  # the failed batch's requests were aborted in vLLM
     assert _texts(probe["flaky"]) == _texts(probe["greedy_vllm"])  # bisection re-ran the halves

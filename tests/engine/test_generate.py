@@ -81,6 +81,10 @@ def test_generate_through_spark_equals_direct_llm_chat(make_ctx, prompts, work_d
     # The cost record: on the CPU each engine task holds one device, so device seconds are engine seconds.
     assert stats["model"] == df.model.iloc[0] and stats["devices"] == "cpu" and stats["requests"] == df.prompt_id.nunique()
     assert stats["device_s"] == pytest.approx(stats["engine_s"], abs=0.01) and stats["engine_s"] > 0
+    # Engine-busy time and tokens per busy second, per task and summed: the engines' own speed.
+    tasks = stats["engine_tasks"]
+    assert sum(t["engine_s"] for t in tasks) == pytest.approx(stats["engine_s"], abs=0.01) and all(t["tokens_per_engine_s"] > 0 for t in tasks)
+    assert stats["tokens_per_engine_s"] == pytest.approx(stats["completion_tokens"] / stats["engine_s"], rel=0.01)
     assert all(v == 1 for v in stats["engine_builds_per_worker"].values())
 
     # The reference: one plain vllm.LLM + LLM.chat call in a process of its own, same prompts and seeds.

@@ -124,6 +124,25 @@ def probe(model: str, scratch: str) -> dict:
 
     # The test-only faulty engine (tests/support/engines.py) around this vLLM engine: s2 and s5 raise.
     out["faulty"] = dump(engines.FaultyEngine(vllm_engine, fail_keys=["s2", "s5"]).generate(sampled))
+
+    # Streaming (requests enter as others finish): the same results as the calls above, chunk by chunk;
+    # in the middle of a stream a prompt too long and a request the engine refuses fail alone, and a step
+    # that fails once is re-run in calls.
+    chunks = lambda reqs, size: [(c, reqs[c : c + size]) for c in range(0, len(reqs), size)]  # noqa: E731
+    streamed = dict(vllm_engine.stream(chunks(sampled, 2), window=2, batch_size=2))
+    out["streamed"] = dump([r for c in sorted(streamed) for r in streamed[c]])
+    mixed = [*sampled[:3], huge, *sampled[3:]]
+    faulty_stream = engines.FaultyEngine(vllm_engine, fail_keys=["s2"]).stream(chunks(mixed, 3), window=2, batch_size=2)
+    out["streamed_faults"] = dump([r for _, rs in sorted(faulty_stream, key=lambda x: x[0]) for r in rs])
+    steps.clear()
+    core.step = flaky_step
+    flaky = dict(vllm_engine.stream(chunks(greedy, 2), window=3, batch_size=2))
+    del core.step
+    out["streamed_flaky"] = dump([r for c in sorted(flaky) for r in flaky[c]])
+    early = vllm_engine.stream(chunks(greedy, 1), window=3, batch_size=2)
+    next(early)
+    early.close()
+    out["pending_after_close"] = len(core.output_processor.request_states)
     for _ in range(3):
         assert E.get_engine(spec(model, scratch)) is vllm_engine
     out["vllm_constructions"] = E.constructions

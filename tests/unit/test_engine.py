@@ -230,3 +230,75 @@ def test_scripted_engine_replies_by_rule_deterministically() -> None:
     assert a.texts == ["Scripted answer 0:"] and a.finish_reasons == ["length"] and a.completion_tokens == [3]
     assert j.prompt_tokens == engine.count_prompt_tokens(judge.messages) > 100
 
+
+
+def _chunks(*sizes: str, log: list | None = None):
+    """(tag, requests) per chunk; a chunk is a string of request lengths in steps, e.g. '13' -> two requests
+    of 1 and 3 words. `log` records when each chunk is taken in."""
+    for c, lengths in enumerate(sizes):
+        if log is not None:
+            log.append(("in", c))
+        texts = [" ".join(["w"] * int(n)) for n in lengths]
+        yield c, [E.Request(f"c{c}r{i}", [{"role": "user", "content": t}], E.SamplingConfig(max_tokens=4)) for i, t in enumerate(texts)]
+
+
+def test_stream_keeps_a_window_of_chunks_in_the_engine_and_hands_each_back_when_its_last_request_is_done() -> None:
+    engine, log = engines.StepEngine(max_num_seqs=4), []
+    out = []
+    for tag, results in engine.stream(_chunks("19", "11", "11", "11", "22", log=log), window=3, batch_size=8):
+        log.append(("out", tag))
+        out.append((tag, [r.texts[0].count("w") for r in results], [r.key for r in results]))
+    # Chunk 0 holds a 9-step request: later chunks pass it, and a new chunk enters as each one leaves.
+    assert [t for t, _, _ in out] == [1, 2, 3, 4, 0]
+    assert out[-1] == (0, [1, 9], ["c0r0", "c0r1"])  # results in request order, keyed by request
+    inside = 0
+    for event, _ in log:
+        inside += 1 if event == "in" else -1
+        assert inside <= 3
+    assert log[:4] == [("in", 0), ("in", 1), ("in", 2), ("out", 1)]
+    assert max(engine.running) == 4 and engine.batches == [] and not engine.queue
+
+
+def test_stream_fails_rows_alone_and_reruns_a_failed_step_in_bisected_calls() -> None:
+    engine = engines.StepEngine(refuse="w w w", fail_step=2)
+    chunks = list(_chunks("12", "3" + "1" * 3, "21"))
+    too_long = E.Request("long", [{"role": "user", "content": "w " * 99}], E.SamplingConfig(max_tokens=4))
+    chunks[1] = (1, [*chunks[1][1][:2], too_long, *chunks[1][1][2:]])
+    got = dict(engine.stream(iter(chunks), window=2, batch_size=2))
+    assert [r.error_class for r in got[1]] == ["ValueError", None, E.PROMPT_TOO_LONG, None, None]
+    assert got[1][0].key == "c1r0" and "refused" in got[1][0].error
+    assert all(r.error_class is None and r.texts for c in (0, 2) for r in got[c])
+    # The failed step's requests were dropped from the engine and re-run in calls of batch_size.
+    assert engine.aborted and engine.batches and all(len(b) <= 2 for b in engine.batches) and not engine.queue
+
+
+def test_a_fatal_step_kills_the_engine_and_closing_a_stream_drops_its_requests() -> None:
+    engine = engines.StepEngine()
+    engine._poll = lambda: (_ for _ in ()).throw(engines.EngineDeadError("gone"))
+    with pytest.raises(engines.EngineDeadError):
+        list(engine.stream(_chunks("11"), window=2, batch_size=2))
+    assert engine.dead and not engine.queue  # the dying engine's requests were dropped, not left behind
+
+    engine = engines.StepEngine(max_num_seqs=1)
+    stream = engine.stream(_chunks("1", "99", "99"), window=3, batch_size=2)
+    assert next(stream)[0] == 0
+    stream.close()
+    assert not engine.queue and len(engine.aborted) == 4
+
+
+def test_a_call_based_engine_streams_one_chunk_at_a_time_in_calls_of_batch_size() -> None:
+    engine = FakeEngine()
+    got = list(engine.stream(_chunks("111", "11"), window=4, batch_size=2))
+    assert [t for t, _ in got] == [0, 1] and [len(r) for _, r in got] == [3, 2]
+    assert engine.batches == [["c0r0", "c0r1"], ["c0r2"], ["c1r0", "c1r1"]]
+
+
+def test_faulty_engine_around_a_streaming_engine_refuses_its_keys_and_dies_after_k_chunks() -> None:
+    faulty = engines.FaultyEngine(engines.StepEngine(), fail_keys=["c1r1"], die_after_calls=2)
+    assert faulty.streams
+    stream = faulty.stream(_chunks("11", "11", "11", "11"), window=2, batch_size=2)
+    first, second = next(stream), next(stream)
+    assert [r.error_class for _, rs in (first, second) for r in rs] == [None, None, None, "InjectedFault"]
+    with pytest.raises(engines.EngineDeadError, match="die_after_calls=2"):
+        next(stream)
+    assert faulty.dead and not faulty.inner.queue

@@ -54,3 +54,32 @@ def test_staging_write_is_atomic_on_local_disk(tmp_path):
     sinks.stage_file(fs, f"{base}/t/x.parquet", pa.table({"a": [1, 2]}))
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["x.parquet"]  # no temp file left behind
 
+
+
+def test_run_partition_streams_chunks_and_commits_each_once_under_its_key():
+    """A streaming engine hands chunks back as they finish (here chunk 0 last: its prompt is the longest);
+    each is committed once under its own key, and a chunk the sink holds is skipped, never generated."""
+    import pandas as pd
+
+    class Sink:
+        def __init__(self):
+            self.committed = []
+
+        def done(self, key):
+            return key == "3-1"
+
+        def commit(self, key, rows):
+            self.committed.append((key, sorted(r["prompt_id"] for r in rows["responses"])))
+            return True
+
+    spec = {"backend": "tests.support.engines:stepped", "model": "m", "engine_args": {"max_num_seqs": 2}}
+    task = G.LLMTask("respond", "m", spec, G.E.SamplingConfig(max_tokens=4), {"model": "m"}, "r1", 2, 2, 30.0, inflight_chunks=2)
+    ids = [f"p{i}" for i in range(8)]
+    texts = ["w " * 30, "w", "w", "w", "w", "w w", "w", "w"]
+    frame = pd.DataFrame(dict(prompt_id=ids, origin_prompt_id=ids, task="respond", lang="en", text=texts, attempt=1))
+    sink = Sink()
+    summaries = pd.concat(G.run_partition(iter([frame]), task, sink, partition=3))
+    assert list(zip(summaries.chunk, summaries.status)) == [(1, "skipped"), (2, "committed"), (3, "committed"), (0, "committed")]
+    assert sink.committed == [("3-2", ["p4", "p5"]), ("3-3", ["p6", "p7"]), ("3-0", ["p0", "p1"])]
+    done = summaries[summaries.status == "committed"]
+    assert (done.gen_s > 0).all() and done.rows_out.sum() == 6 and set(done.engine_version) == {"step-1"}
