@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from instructlake.jobs.lease import LeaseHeld, LeaseLost
-    from instructlake.jobs.runs import Context, run_stage
+    from instructlake.jobs.runs import Context, run_stages
 
     ctx = Context.create(conf)
     logging.getLogger("instructlake").info("run %s: stages %s, delta backend %s", ctx.run_id, stages, ctx.store.backend)
     try:
-        results = [run_stage(ctx, s) for s in stages]
+        results = run_stages(ctx, stages)
     except LeaseHeld as e:
         print(f"instructlake: {e}", file=sys.stderr)
         return EX_TEMPFAIL

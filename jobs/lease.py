@@ -11,6 +11,9 @@ dies stops renewing and its leases lapse after ttl_s (at once when it was a proc
 
 A stage run also leases `run:<run_id>/<stage>`, which makes `runs` tell a dead run from a live one: a run
 recorded `running` whose lease lapsed is marked `abandoned` by the next run.
+
+A pipeline takes one lease for all its stages, on everything any of them writes, before the first one
+writes anything: a run that another would stop at its second stage is refused before its first.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from instructlake.jobs.config import LeaseConf
@@ -85,12 +89,14 @@ def describe(row: dict[str, Any]) -> str:
 
 
 class Lease:
-    """The leases of one stage run: `with Lease(...):` acquires them (waiting up to wait_s), renews them
-    from a daemon thread, and releases them on exit."""
+    """The leases of one stage run, or of a pipeline's stages (`stages` in order; `stage`, the one running
+    now, is what the rows and messages name): `with Lease(...):` acquires them (waiting up to wait_s),
+    renews them from a daemon thread, and releases them on exit."""
 
-    def __init__(self, store, conf: LeaseConf, run_id: str, stage: str, resources: list[str]):
-        self.store, self.conf, self.run_id, self.stage = store, conf, run_id, stage
-        self.resources = sorted({*resources, run_resource(run_id, stage)})
+    def __init__(self, store, conf: LeaseConf, run_id: str, stages: str | Sequence[str], resources: list[str]):
+        self.stages = [stages] if isinstance(stages, str) else list(stages)
+        self.store, self.conf, self.run_id, self.stage = store, conf, run_id, self.stages[0]
+        self.resources = sorted({*resources, *(run_resource(run_id, s) for s in self.stages)})
         self.lease_id = secrets.token_hex(8)
         self.lost: str | None = None
         self.taken_over: set[str] = set()  # resources whose lease this run took from another holder
@@ -154,13 +160,16 @@ class Lease:
             left = deadline - time.monotonic()
             if left <= 0:
                 waited = f" (waited {self.conf.wait_s:g} s; raise run.lease.wait_s to wait longer)" if self.conf.wait_s else " (set run.lease.wait_s to wait for it)"
-                raise LeaseHeld(f"stage {self.stage} cannot start: " + "; ".join(describe(b) for b in blockers) + waited)
-            log.info("stage %s waits: %s", self.stage, describe(blockers[0]))
+                raise LeaseHeld(f"{self._what()} cannot start: " + "; ".join(describe(b) for b in blockers) + waited)
+            log.info("%s waits: %s", self._what(), describe(blockers[0]))
             time.sleep(min(left, 5.0) * (0.5 + random.random() / 2))
         self._renewed = time.monotonic()
         self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.stage}", daemon=True)
         self._thread.start()
-        log.info("stage %s leased %s", self.stage, ", ".join(self.resources))
+        log.info("%s leased %s", self._what(), ", ".join(self.resources))
+
+    def _what(self) -> str:
+        return f"stage {self.stage}" if len(self.stages) == 1 else f"pipeline {', '.join(self.stages)}"
 
     def renew(self) -> None:
         if time.monotonic() - self._renewed > self.conf.ttl_s:

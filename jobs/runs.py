@@ -54,6 +54,8 @@ def writes(conf: Config, stage: str) -> list[str]:
     stays a URI, so runs on any host or working directory name one export alike: scheme case-folded, s3a://
     and s3n:// as s3:// (one bucket, other Hadoop connectors), credentials in it dropped (the lease row is
     stored), no trailing slash. Only a local path is resolved, from the working directory."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known: {list(STAGES)}")
 
     def location(path: str) -> str:
         if "://" not in path:
@@ -122,12 +124,29 @@ def latest_stats(store: TableStore, stage: str) -> dict[str, Any]:
     return json.loads(row["stats"]) if row and row["stats"] else {}
 
 
-def run_stage(ctx: Context, stage: str) -> StageResult:
+def run_stages(ctx: Context, stages: list[str]) -> list[StageResult]:
+    """Run `stages` in order (a pipeline) under one lease on everything any of them writes, taken before
+    the first one writes anything: a pipeline that another run's lease would stop at a later stage is
+    refused (LeaseHeld) with nothing written. Each stage is still recorded, fenced and guarded as its own
+    run (run_stage); the first failure stops the pipeline."""
+    resources = [r for s in stages for r in writes(ctx.conf, s)]
+    with Lease(ctx.store, ctx.conf.run.lease, ctx.run_id, stages, resources) as lease:
+        return [run_stage(ctx, s, lease) for s in stages]
+
+
+def run_stage(ctx: Context, stage: str, lease: Lease | None = None) -> StageResult:
     """Run one stage under a lease on what it writes and record it in `runs`: 'running' first, then
     'succeeded' with its counts or 'failed' with the error (secrets scrubbed). The exception still
-    propagates; LeaseHeld when another live run writes the same tables."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known: {list(STAGES)}")
+    propagates; LeaseHeld when another live run writes the same tables. `lease`: one already held that
+    covers the stage (run_stages); without it the stage takes and releases its own."""
+    tables = writes(ctx.conf, stage)
+    if lease is None:
+        # Leased before anything is written: a run refused here (LeaseHeld) leaves no trace in the tables.
+        with Lease(ctx.store, ctx.conf.run.lease, ctx.run_id, stage, tables) as own:
+            return run_stage(ctx, stage, own)
+    if stage not in lease.stages or not set(tables) <= set(lease.resources):
+        raise ValueError(f"stage {stage}: the lease given covers {lease.resources}, not all of {tables}")
+    lease.stage = stage
     module = importlib.import_module(STAGES[stage])
     started = utcnow()
     record = {
@@ -137,30 +156,31 @@ def run_stage(ctx: Context, stage: str) -> StageResult:
         "started_at": started,
         "created_at": started,
     }
-    # Leased before anything is written: a run refused here (LeaseHeld) leaves no trace in the tables.
-    with Lease(ctx.store, ctx.conf.run.lease, ctx.run_id, stage, writes(ctx.conf, stage)) as lease:
-        # The lease keeps well-behaved runs apart; the fences make it hold when a lease is lost anyway (a
-        # stalled driver, skewed clocks): from here on no commit of an earlier holder of these tables lands.
+    # The lease keeps well-behaved runs apart; the fences make it hold when a lease is lost anyway (a
+    # stalled driver, skewed clocks): from here on no commit of an earlier holder of these tables lands.
+    try:
+        fences = ctx.store.take_fences([t for t in tables if t in SCHEMAS], lease.taken_over)
+        log.info("stage %s: fenced %s", stage, ", ".join(f"{t}@{e}" for t, e in fences.items()) or "nothing")
+        mark_abandoned(ctx.store, ctx.conf.run.lease.ttl_s, exclude=(ctx.run_id, stage))
+        ctx.store.write_rows([{**record, "status": "running"}], "runs", run_id=ctx.run_id, stage=stage)
+        log.info("stage %s: run %s started", stage, ctx.run_id)
+        ctx.store.guard = lease.check
+        return _run_leased(ctx, module, stage, record, lease)
+    except BaseException:
+        # A failed job's cancelled tasks may still be committing (Spark stops them, their commit
+        # threads finish): moved on before the lease goes, the fences refuse what they would land after
+        # the next run selected its work.
         try:
-            fences = ctx.store.take_fences([r for r in lease.resources if r in SCHEMAS], lease.taken_over)
-            log.info("stage %s: fenced %s", stage, ", ".join(f"{t}@{e}" for t, e in fences.items()) or "nothing")
-            mark_abandoned(ctx.store, ctx.conf.run.lease.ttl_s, exclude=(ctx.run_id, stage))
-            ctx.store.write_rows([{**record, "status": "running"}], "runs", run_id=ctx.run_id, stage=stage)
-            log.info("stage %s: run %s started", stage, ctx.run_id)
-            ctx.store.guard = lease.check
-            return _run_leased(ctx, module, stage, record, lease)
-        except BaseException:
-            # A failed job's cancelled tasks may still be committing (Spark stops them, their commit
-            # threads finish): moved on before the lease goes, the fences refuse what they would land after
-            # the next run selected its work.
-            try:
-                ctx.store.retire_fences()
-            except Exception as exc:  # the stage's own failure is the one to report
-                log.warning("stage %s: could not move the fences on after its failure: %s", stage, exc)
-            raise
-        finally:
-            ctx.store.guard = None
-            ctx.store.drop_fences()
+            ctx.store.retire_fences()
+        except Exception as exc:  # the stage's own failure is the one to report
+            log.warning("stage %s: could not move the fences on after its failure: %s", stage, exc)
+        raise
+    finally:
+        # A table taken over had its fence moved by this stage: a later stage of the pipeline that writes
+        # it too (prompts_rejected, generation_errors) moving it again would only cost a commit.
+        lease.taken_over -= set(ctx.store.fences)
+        ctx.store.guard = None
+        ctx.store.drop_fences()
 
 
 def _run_leased(ctx: Context, module, stage: str, record: dict[str, Any], lease: Lease) -> StageResult:

@@ -1,9 +1,13 @@
-"""The command line as a user runs it: a stage in a subprocess, then `instructlake sql` over its tables."""
+"""The command line as a user runs it: a stage in a subprocess, then `instructlake sql` over its tables; a
+pipeline that another run's lease would stop at its second stage is refused before its first."""
 
 import json
 
 import pytest
 
+from instructlake.jobs import cli as cli_main
+from instructlake.jobs import runs
+from instructlake.jobs.lease import Lease
 from instructlake.jobs.runs import run_stage
 from tests.support.cli import cli
 from tests.support.lake import REPO
@@ -74,3 +78,26 @@ def test_notebook_helper_runs_a_stage_from_widgets(spark, tmp_path, shared_data)
     assert (summary["run_id"], summary["stage"], summary["rows_out"]) == ("nb-run-1", "ingest", 175)
     assert summary["locations"]["prompts_raw"] == str(tmp_path / "lake" / "prompts_raw")
 
+
+
+def test_a_pipeline_refused_at_its_second_stage_writes_nothing(ctx_factory, tmp_path, shared_data, spark, monkeypatch, capsys):
+    """Another run holds `prompts` (curate's): `instructlake pipeline` of ingest, curate exits 75 with one
+    line naming the holder before ingest writes a row, and leaves no lease of its own behind."""
+    ctx = ctx_factory()
+    holder = Lease(ctx.store, ctx.conf.run.lease, "other-run", "curate", ["prompts"])
+    holder.acquire()
+    try:
+        monkeypatch.setattr(runs, "build_session", lambda conf: spark)  # the test's session, not a second JVM
+        sets = [
+            f"run.lake_root={tmp_path / 'lake'}", f"run.work_dir={tmp_path / 'work'}", "delta.backend=rs",
+            "pipeline.stages=[ingest, curate]", f"ingest.inputs=[{{path: '{shared_data}/prompts/en_self_instruct_seed_tasks.jsonl'}}]",
+        ]  # fmt: skip
+        rc = cli_main.main(["pipeline", "--conf", str(REPO / "conf" / "local.yaml"), *(a for s in sets for a in ("--set", s))])
+        refusal = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructlake:")]
+        assert rc == cli_main.EX_TEMPFAIL, refusal
+        assert len(refusal) == 1 and "pipeline ingest, curate cannot start: prompts is written by run other-run stage curate" in refusal[0]
+        assert not ctx.store.exists("prompts_raw") and not ctx.store.exists("prompts_rejected")
+        assert not ctx.store.exists("runs") or ctx.store.rows("runs") == []
+        assert {r["run_id"] for r in ctx.store.rows("leases")} == {"other-run"}  # the refused run took nothing
+    finally:
+        holder.release()
