@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from instructlake.udfs.engine import check_backend
+from instructlake.udfs.records import BATCH_BYTES, MAX_FILE_BYTES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 if not (CONF_DIR / "default.yaml").exists():  # installed non-editable: conf ships beside the package
@@ -147,6 +148,8 @@ class IngestConf(_Section):
     inputs: list[InputConf] = Field(min_length=1)
     turns: Literal["first", "all"]
     partitions: int = Field(ge=0)
+    max_record_bytes: int = Field(ge=1, le=BATCH_BYTES)
+    max_file_bytes: int = Field(ge=1, le=MAX_FILE_BYTES)
 
 
 # YAML 1.1 reads a bare `off` as false: take it as the word it was meant to be.

@@ -4,12 +4,14 @@ Every input record becomes (source, layout, input_file, record_index, raw bytes,
 so one pure parser (udfs.ingest) decides for all of them. record_index is the 1-based line number for JSONL,
 the row index for Parquet and the element index for JSON arrays, so a reject row points at its record.
 Plain JSON Lines go through Spark's splittable text reader; gzip, JSON documents and Parquet are read whole,
-file by file, in Python workers (udfs.records), so a damaged file is one reject, not a failed job.
+file by file, in Python workers (udfs.records), so a damaged file is one reject, not a failed job; so is
+a file or record over ingest.max_file_bytes / max_record_bytes (reason `oversize`).
 Both tables are upserted on their keys: re-running on the same input commits nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import zlib
@@ -22,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from instructlake.jobs.config import InputConf
+from instructlake.jobs.config import IngestConf, InputConf
 from instructlake.jobs.runs import Context, StageResult
 from instructlake.udfs import records as rec
 from instructlake.udfs.ingest import OUTPUT_SCHEMA, parse_batch
@@ -174,15 +176,19 @@ def input_files(inputs: list[InputConf], remote: HadoopFiles | None = None) -> l
     return out
 
 
-def _numbered_lines(spark: SparkSession, files: list[str]) -> DataFrame:
+def _numbered_lines(spark: SparkSession, files: list[str], max_record_bytes: int) -> DataFrame:
     """JSON Lines with true 1-based line numbers. Spark splits big files; one cheap pass counts the lines
-    of each split so every task can number its own lines without seeing the others."""
+    of each split so every task can number its own lines without seeing the others. A line over
+    max_record_bytes is cut before it reaches Python and becomes an oversize record."""
     # Lines end at LF only, as in gzip files (udfs.records.gzip_lines): Spark's default also splits at a bare
     # CR, which JSON allows as whitespace inside a record. A CRLF's CR is dropped below.
+    value = F.col("value").cast("binary")  # the bytes as read, so invalid UTF-8 stays visible
+    over = F.octet_length(value) > max_record_bytes
     lines = spark.read.option("lineSep", "\n").text(files).select(
         F.col("_metadata.file_path").alias("input_file"),
         F.col("_metadata.file_block_start").alias("block"),
-        F.col("value").cast("binary").alias("raw"),  # the bytes as read, so invalid UTF-8 stays visible
+        F.when(over, F.substring(value, 1, rec.RAW_CAP)).otherwise(value).alias("raw"),
+        F.when(over, F.lit(rec.oversize_detail(max_record_bytes))).alias("error"),
     )
     offsets: dict[tuple[str, int], int] = {}
     running: dict[str, int] = {}
@@ -197,43 +203,57 @@ def _numbered_lines(spark: SparkSession, files: list[str]) -> DataFrame:
             for k in zip(b.column("input_file").to_pylist(), b.column("block").to_pylist()):
                 seen[k] = seen.get(k, 0) + 1
                 index.append(offsets[k] + seen[k])
-            raw = b.column("raw")
+            raw, error = b.column("raw"), b.column("error")
             raw = pc.if_else(pc.ends_with(raw, pattern="\r"), pc.binary_slice(raw, 0, -1), raw)
-            columns = [b.column("input_file"), pa.array(index), raw, pa.nulls(b.num_rows)]
+            reason = pc.if_else(pc.is_null(error), pa.nulls(b.num_rows, pa.string()), rec.OVERSIZE)
+            columns = [b.column("input_file"), pa.array(index), raw, error, reason]
             yield pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(columns, rec.RECORD_SCHEMA)], schema=rec.RECORD_SCHEMA)
 
     return lines.mapInArrow(number, rec.RECORD_DDL)
 
 
-def _whole_files(spark: SparkSession, files: list[str], read: Callable) -> DataFrame:
-    files_df = spark.read.format("binaryFile").load(files).select("path", "content")
-    return files_df.mapInArrow(rec.from_files(read), rec.RECORD_DDL)
+def _whole_files(spark: SparkSession, files: list[str], read: Callable, conf: IngestConf) -> DataFrame:
+    """Records of files read whole. A file over max_file_bytes is left unread (the binaryFile reader would
+    fail the job on it from 2 GiB): one oversize record. Listing the sizes reads no content."""
+    sizes = spark.read.format("binaryFile").load(files).select("path", "length").collect()
+    small = [r["path"] for r in sizes if r["length"] <= conf.max_file_bytes]
+    big = [
+        (r["path"], 0, b"", f"file of {r['length']:,} bytes, over ingest.max_file_bytes ({conf.max_file_bytes:,})", rec.OVERSIZE)
+        for r in sizes if r["length"] > conf.max_file_bytes
+    ]  # fmt: skip
+    if big:
+        log.warning("ingest: %d file(s) over ingest.max_file_bytes left unread, each one oversize reject: %s", len(big), ", ".join(b[0] for b in big))
+    parts = [spark.createDataFrame(big, rec.RECORD_DDL)] if big else []
+    if small:
+        files_df = spark.read.format("binaryFile").load(small).select("path", "content")
+        parts.append(files_df.mapInArrow(rec.from_files(read, conf.max_record_bytes), rec.RECORD_DDL))
+    return functools.reduce(DataFrame.unionByName, parts) if parts else spark.createDataFrame([], rec.RECORD_DDL)
 
 
-def _readers(fmt: str, files: list[str]) -> list[tuple[list[str], Callable | None]]:
+def _readers(fmt: str, files: list[str], conf: IngestConf) -> list[tuple[list[str], Callable | None]]:
     """(files, reader) groups for one format; no reader means Spark's text reader, which splits big files
     but would abort the job on one damaged gzip stream."""
     gz = [f for f in files if f.lower().endswith(".gz")]
     plain = [f for f in files if not f.lower().endswith(".gz")]
     if fmt == "jsonl":
-        groups = [(plain, None), (gz, rec.gzip_lines)]
+        groups = [(plain, None), (gz, functools.partial(rec.gzip_lines, max_record_bytes=conf.max_record_bytes))]
     elif fmt == "json":
-        groups = [(plain, rec.json_records), (gz, rec.gzip_json_records)]
+        groups = [(plain, rec.json_records), (gz, functools.partial(rec.gzip_json_records, max_file_bytes=conf.max_file_bytes))]
     else:
         groups = [(files, rec.parquet_records)]
     return [(fs, read) for fs, read in groups if fs]
 
 
-def read_records(spark: SparkSession, inputs: list[InputConf]) -> DataFrame:
-    """All inputs as (source, layout, input_file, record_index, raw)."""
+def read_records(spark: SparkSession, conf: IngestConf) -> DataFrame:
+    """All inputs as (source, layout, input_file, record_index, raw, error, reason)."""
     by_input: dict[int, tuple[InputConf, dict[str, list[str]]]] = {}
-    for inp, f, fmt in input_files(inputs, HadoopFiles(spark)):
+    for inp, f, fmt in input_files(conf.inputs, HadoopFiles(spark)):
         by_input.setdefault(id(inp), (inp, {}))[1].setdefault(fmt, []).append(f)
     parts = []
     for inp, by_format in by_input.values():
         for fmt, files in by_format.items():
-            for group, read in _readers(fmt, files):
-                df = _numbered_lines(spark, group) if read is None else _whole_files(spark, group, read)
+            for group, read in _readers(fmt, files, conf):
+                df = _numbered_lines(spark, group, conf.max_record_bytes) if read is None else _whole_files(spark, group, read, conf)
                 parts.append(df.select(F.lit(inp.source).cast("string").alias("source"), F.lit(inp.layout).alias("layout"), "*"))
     out = parts[0]
     for p in parts[1:]:
@@ -243,7 +263,7 @@ def read_records(spark: SparkSession, inputs: list[InputConf]) -> DataFrame:
 
 def run(ctx: Context) -> StageResult:
     conf, spark = ctx.conf.ingest, ctx.spark
-    records = read_records(spark, conf.inputs)
+    records = read_records(spark, conf)
     if conf.partitions:
         records = records.repartition(conf.partitions)
     # Blank and whitespace-only lines are no records (JSON Lines files often end with one); counted, not

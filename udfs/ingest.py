@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from instructlake.udfs.records import RAW_CAP
 from instructlake.udfs.text import normalize
 
 # Every output batch is built against this schema, never inferred: a batch whose rows all lack a field
@@ -36,9 +37,6 @@ OUTPUT_SCHEMA = pa.schema(
 # and is rejected before json.loads would recurse into it.
 MAX_DEPTH = 100
 USER_ROLES = {"user", "human"}
-# The raw text a reject keeps (prompts_rejected.raw): enough to see what is wrong, never a whole shard that
-# happens to be one line. A longer record keeps its first RAW_CAP bytes, its length noted in `detail`.
-RAW_CAP = 1 << 16
 _PLAIN_FIELDS = ("text", "prompt", "instruction")
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
@@ -193,16 +191,18 @@ def source_from_path(path: str) -> str:
 
 
 def parse_batch(batch: pa.RecordBatch, turns: str) -> pa.RecordBatch:
-    """Records (source, layout, input_file, record_index, raw bytes, error) -> OUTPUT_SCHEMA; a null source
-    means "name it after the file"; a set error marks the unreadable rest of a file."""
+    """Records (source, layout, input_file, record_index, raw bytes, error, reason) -> OUTPUT_SCHEMA; a null
+    source means "name it after the file"; a set error makes the record a reject unparsed: of its reason
+    (udfs.records: oversize), else malformed:unreadable_file (the unreadable rest of a file)."""
     out: list[dict[str, Any]] = []
     columns = batch.to_pydict()
-    for source, layout, input_file, index, raw, error in zip(
-        columns["source"], columns["layout"], columns["input_file"], columns["record_index"], columns["raw"], columns["error"]
-    ):
+    for source, layout, input_file, index, raw, error, reason in zip(
+        columns["source"], columns["layout"], columns["input_file"], columns["record_index"], columns["raw"],
+        columns["error"], columns["reason"],
+    ):  # fmt: skip
         source = source or source_from_path(input_file)
         if error is not None:
-            out.append(_reject(raw, input_file, index, source, layout, f"{input_file}#{index}", "unreadable_file", error))
+            out.append(_reject(raw, input_file, index, source, layout, f"{input_file}#{index}", reason or "malformed:unreadable_file", error))
         else:
             out.extend(_rows(raw, input_file, index, source, layout, turns))
     return pa.RecordBatch.from_pylist(out, schema=OUTPUT_SCHEMA)
@@ -212,7 +212,7 @@ def _reject(raw: bytes, input_file: str, index: int, source: str, layout: str, s
     text, cut = _raw_text(raw)
     return {
         "source": source, "input_file": input_file, "record_index": index, "source_id": source_id, "turn": 0,
-        "layout": layout, "reason": f"malformed:{reason}",
+        "layout": layout, "reason": reason,
         "detail": detail[:500].encode("utf-8", "backslashreplace").decode("utf-8") + cut,
         "raw": text,
     }  # fmt: skip
@@ -220,7 +220,8 @@ def _reject(raw: bytes, input_file: str, index: int, source: str, layout: str, s
 
 def _raw_text(raw: bytes) -> tuple[str, str]:
     """(the raw record as text, capped at RAW_CAP bytes on a character boundary; the note for `detail`
-    when it was cut, else "")."""
+    when it was cut, else ""): prompts_rejected.raw shows what is wrong, never a whole shard that happens
+    to be one line."""
     raw = raw or b""
     if len(raw) <= RAW_CAP:
         return raw.decode("utf-8", errors="backslashreplace"), ""
@@ -235,12 +236,12 @@ def _rows(raw: bytes, input_file: str, index: int, source: str, layout: str, tur
     try:
         found_layout, source_id, turn_rows = parse_record(raw, layout, turns)
     except Malformed as e:
-        yield _reject(raw, input_file, index, source, layout, e.source_id or fallback_id, e.reason, e.detail)
+        yield _reject(raw, input_file, index, source, layout, e.source_id or fallback_id, f"malformed:{e.reason}", e.detail)
         return
     # Any other failure (RecursionError past the depth check, a type no branch foresaw) is this record's
     # alone: it becomes a reject, and the batch goes on.
     except Exception as e:
-        yield _reject(raw, input_file, index, source, layout, fallback_id, "parse_error", f"{type(e).__name__}: {e}")
+        yield _reject(raw, input_file, index, source, layout, fallback_id, "malformed:parse_error", f"{type(e).__name__}: {e}")
         return
     base = {"source": source, "input_file": input_file, "record_index": index}
     for turn, row in enumerate(turn_rows):

@@ -3,6 +3,12 @@ gzip JSON Lines, JSON documents and Parquet. Spark's own readers abort the job o
 gzip stream, a bad Parquet footer, column types that clash between files); read here, a file's damage
 becomes one record with `error` set (the parser turns it into `malformed:unreadable_file`) and every
 record before the damage is kept. Each file is read on its own, so files need not share a schema.
+
+Size: a record over ingest.max_record_bytes becomes one record with reason `oversize` (its first RAW_CAP
+bytes kept, the limit it passed in `error`), and so does a file over ingest.max_file_bytes (jobs.ingest leaves it
+unread: Spark's binaryFile reader fails the job on a file of 2 GiB or more) or a gzip JSON document that
+decompresses to more. Batches close at 4,096 records or BATCH_BYTES, whichever first: Arrow's binary column
+holds under 2 GiB, which 4,096 big records would pass.
 """
 
 from __future__ import annotations
@@ -14,15 +20,21 @@ from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
+# error: why the record is a reject before it is parsed (the damaged rest of a file, its size); reason: the
+# reject reason then (null: malformed:unreadable_file).
 RECORD_SCHEMA = pa.schema(
-    [("input_file", pa.string()), ("record_index", pa.int64()), ("raw", pa.binary()), ("error", pa.string())]
+    [("input_file", pa.string()), ("record_index", pa.int64()), ("raw", pa.binary()), ("error", pa.string()), ("reason", pa.string())]
 )
-RECORD_DDL = "input_file string, record_index bigint, raw binary, error string"
-Record = tuple[int, bytes, str | None]
+RECORD_DDL = "input_file string, record_index bigint, raw binary, error string, reason string"
+Record = tuple[int, bytes, str | None]  # what a reader yields: index, raw, error
+Row = tuple[int, bytes, str | None, str | None]  # a record with its reason
 
+OVERSIZE = "oversize"
 _BATCH_ROWS = 4096
+BATCH_BYTES = 1 << 30  # a batch closes before its raw bytes pass this; ingest.max_record_bytes is at most it
+MAX_FILE_BYTES = (1 << 31) - 1  # the most Spark's binaryFile reader reads of one file; ingest.max_file_bytes is at most it
 _GZIP_CHUNK = 1 << 16
-_RAW_CAP = 1 << 16  # the raw kept for an unreadable rest: enough to see the damage, not a whole shard
+RAW_CAP = 1 << 16  # the raw a reject keeps (prompts_rejected.raw): enough to see what is wrong, not a whole shard
 _WS = re.compile(r"[ \t\n\r]*")
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
@@ -52,21 +64,29 @@ def gunzip(content: memoryview) -> Iterator[bytes]:
             pos += 1
 
 
-def gzip_lines(content: memoryview) -> Iterator[Record]:
+def gzip_lines(content: memoryview, max_record_bytes: int) -> Iterator[Record]:
     """1-based lines of a gzip JSON Lines file; a damaged stream ends with one error record holding the
-    partial line."""
-    index, pending = 0, []
+    partial line. A line past max_record_bytes is not held whole (a small file may inflate to any size):
+    it is yielded as its first max_record_bytes + 1 bytes, which from_files takes as oversize."""
+    index, pending, held = 0, [], 0
+
+    def add(part: bytes) -> None:
+        nonlocal held
+        if held <= max_record_bytes:
+            pending.append(part[: max_record_bytes + 1 - held])
+            held += len(pending[-1])
+
     try:
         for chunk in gunzip(content):
             start = 0
             while (nl := chunk.find(b"\n", start)) >= 0:
-                pending.append(chunk[start:nl])
+                add(chunk[start:nl])
                 index += 1
                 yield index, b"".join(pending).removesuffix(b"\r"), None
-                pending, start = [], nl + 1
-            pending.append(chunk[start:])
+                pending, held, start = [], 0, nl + 1
+            add(chunk[start:])
     except Unreadable as e:
-        yield index + 1, b"".join(pending)[:_RAW_CAP], f"{e}; {index} complete lines read"
+        yield index + 1, b"".join(pending)[:RAW_CAP], f"{e}; {index} complete lines read"
         return
     if rest := b"".join(pending):
         yield index + 1, rest.removesuffix(b"\r"), None
@@ -129,11 +149,20 @@ def json_records(content: memoryview) -> Iterator[Record]:
         yield index, _rest(text, pos), "content after the JSON array's closing bracket"
 
 
-def gzip_json_records(content: memoryview) -> Iterator[Record]:
-    """A gzip JSON document: the elements in its readable part, then one error record for the damage."""
-    parts, damage = [], None
+class TooBig(Exception):
+    """A file that cannot be read in full within ingest.max_file_bytes: the whole file is one oversize record."""
+
+
+def gzip_json_records(content: memoryview, max_file_bytes: int) -> Iterator[Record]:
+    """A gzip JSON document: the elements in its readable part, then one error record for the damage. It is
+    parsed whole, so one that decompresses past max_file_bytes is one oversize record (TooBig)."""
+    parts, damage, size = [], None, 0
     try:
-        parts.extend(gunzip(content))
+        for part in gunzip(content):
+            size += len(part)
+            if size > max_file_bytes:
+                raise TooBig(f"gzip JSON document decompressing to over ingest.max_file_bytes ({max_file_bytes:,} bytes)")
+            parts.append(part)
     except Unreadable as e:
         damage = str(e)
     index = 0
@@ -147,7 +176,7 @@ def gzip_json_records(content: memoryview) -> Iterator[Record]:
 
 
 def _rest(text: str, pos: int) -> bytes:
-    return text[pos : pos + _RAW_CAP].encode("utf-8", "surrogateescape")
+    return text[pos : pos + RAW_CAP].encode("utf-8", "surrogateescape")
 
 
 def parquet_records(content: memoryview) -> Iterator[Record]:
@@ -169,27 +198,57 @@ def parquet_records(content: memoryview) -> Iterator[Record]:
         yield index, b"", f"unreadable Parquet after {index} rows: {type(e).__name__}: {e}"
 
 
-def from_files(read: Callable[[memoryview], Iterator[Record]]):
-    """mapInArrow body over binaryFile rows (path, content): `read` turns each file's bytes into records."""
+def oversize(index: int, raw: bytes, what: str) -> Row:
+    """A record rejected for its size: its first RAW_CAP bytes, `what` (the limit it passed)."""
+    return index, bytes(raw[:RAW_CAP]), what, OVERSIZE
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for b in batches:
+
+def oversize_detail(max_record_bytes: int) -> str:
+    return f"record over ingest.max_record_bytes ({max_record_bytes:,} bytes)"
+
+
+def sized(records: Iterator[Record], max_record_bytes: int) -> Iterator[Row]:
+    """Records with their reason: oversize past max_record_bytes, else None."""
+    for index, raw, error in records:
+        if len(raw) > max_record_bytes:
+            yield oversize(index, raw, oversize_detail(max_record_bytes))
+        else:
+            yield index, raw, error, None
+
+
+def batches(path: str, rows: Iterator[Row]) -> Iterator[pa.RecordBatch]:
+    """Record batches of one file: _BATCH_ROWS records, or fewer where the next would take the raw bytes past
+    BATCH_BYTES (one record is at most ingest.max_record_bytes <= BATCH_BYTES)."""
+    pending: list[Row] = []
+    held = 0
+    for row in rows:
+        if pending and (len(pending) == _BATCH_ROWS or held + len(row[1]) > BATCH_BYTES):
+            yield _batch(path, pending)
+            pending, held = [], 0
+        pending.append(row)
+        held += len(row[1])
+    if pending:
+        yield _batch(path, pending)
+
+
+def from_files(read: Callable[[memoryview], Iterator[Record]], max_record_bytes: int):
+    """mapInArrow body over binaryFile rows (path, content): `read` turns each file's bytes into records,
+    those over max_record_bytes become oversize ones."""
+
+    def run(batches_in: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches_in:
             contents = b.column("content")
             for i, path in enumerate(b.column("path").to_pylist()):
                 buf = contents[i].as_buffer()
-                rows: list[Record] = []
-                for record in read(memoryview(buf) if buf is not None else memoryview(b"")):
-                    rows.append(record)
-                    if len(rows) == _BATCH_ROWS:
-                        yield _batch(path, rows)
-                        rows = []
-                if rows:
-                    yield _batch(path, rows)
+                try:
+                    yield from batches(path, sized(read(memoryview(buf) if buf is not None else memoryview(b"")), max_record_bytes))
+                except TooBig as e:
+                    yield _batch(path, [oversize(0, b"", str(e))])
 
     return run
 
 
-def _batch(path: str, rows: list[Record]) -> pa.RecordBatch:
-    index, raw, error = zip(*rows)
-    columns = [[path] * len(rows), index, raw, error]
+def _batch(path: str, rows: list[Row]) -> pa.RecordBatch:
+    index, raw, error, reason = zip(*rows)
+    columns = [[path] * len(rows), index, raw, error, reason]
     return pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(columns, RECORD_SCHEMA)], schema=RECORD_SCHEMA)

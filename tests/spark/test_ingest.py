@@ -200,3 +200,26 @@ def test_a_bare_cr_splits_no_record_in_plain_or_gzip_json_lines(ctx_factory, tmp
     rows = rows_by(ctx.store.read("prompts_raw"), "source", "source_id")
     assert [rows[("plain", i)]["record_index"] for i in "abc"] == [rows[("gz", i)]["record_index"] for i in "abc"] == [1, 2, 3]
     assert rows[("plain", "a")]["source_lang"] == "en"
+
+
+def test_oversize_lines_and_files_are_counted_rejects_not_failures(ctx_factory, tmp_path):
+    """ingest.max_record_bytes / max_file_bytes (2 GiB-scale limits, small here): a JSON Lines line over
+    the record limit (cut before it leaves the JVM) and a JSON file over the file limit (never read) are
+    `oversize` rejects; the run succeeds and rows in = kept + rejected."""
+    lines = [json.dumps({"id": str(i), "text": f"prompt number {i}"}).encode() for i in range(3)]
+    lines.insert(1, json.dumps({"id": "big", "text": "x" * 3000}).encode())
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "huge.json").write_text(json.dumps([{"id": "h", "text": "y" * 6000}]))
+    (tmp_path / "fine.json").write_text(json.dumps([{"id": "f", "text": "a prompt in a JSON array"}]))
+    ctx = ctx_factory(
+        f"ingest.inputs=[{{path: '{tmp_path}/p.jsonl', source: lines}}, {{path: '{tmp_path}/*.json', source: docs}}]",
+        "ingest.max_record_bytes=2000", "ingest.max_file_bytes=5000",
+    )  # fmt: skip
+    result = run_stage(ctx, "ingest")
+    assert (result.rows_in, result.rows_out, result.rows_rejected) == (6, 4, 2)
+    assert result.stats["rejected_by_reason"] == {"oversize": 2}
+    rejects = {r["input_file"].rsplit("/", 1)[1]: r for r in ctx.store.rows("prompts_rejected")}
+    assert set(rejects) == {"p.jsonl", "huge.json"}
+    assert rejects["p.jsonl"]["record_index"] == 2 and rejects["p.jsonl"]["raw"].startswith('{"id": "big"')
+    assert "max_record_bytes (2,000 bytes)" in rejects["p.jsonl"]["detail"]
+    assert rejects["huge.json"]["detail"].startswith("file of 6,") and "max_file_bytes (5,000)" in rejects["huge.json"]["detail"]

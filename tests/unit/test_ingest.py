@@ -79,7 +79,7 @@ def _records(raws: list[bytes]) -> pa.RecordBatch:
     n = len(raws)
     return pa.RecordBatch.from_pydict(
         {"source": ["s"] * n, "layout": ["auto"] * n, "input_file": ["/d/f.jsonl"] * n, "record_index": list(range(1, n + 1)),
-         "raw": raws, "error": [None] * n}  # fmt: skip
+         "raw": raws, "error": [None] * n, "reason": [None] * n}  # fmt: skip
     )
 
 
@@ -105,3 +105,47 @@ def test_a_file_two_inputs_match_is_read_once_with_the_first_inputs_settings(tmp
     found = [(inp.source, Path(f).name, fmt) for inp, f, fmt in input_files(inputs)]
     assert found == [("first", "a.jsonl", "jsonl"), ("glob", "b.jsonl", "jsonl")]
     assert "ingest.inputs.1" in caplog.text and "a.jsonl" in caplog.text
+
+
+def _file_batch(path: str, content: bytes) -> pa.RecordBatch:
+    """A binaryFile row, as from_files gets it."""
+    return pa.RecordBatch.from_pydict({"path": [path], "content": [content]})
+
+
+def test_oversize_records_and_documents_become_counted_rejects():
+    """A record over ingest.max_record_bytes is one `oversize` reject holding its first bytes, whatever the
+    reader (a line of a gzip file is never held whole); a gzip JSON document that inflates past
+    max_file_bytes is one; every other record is kept."""
+    from instructlake.udfs import records as rec
+
+    small = json.dumps({"text": "a short prompt"}).encode()
+    big = json.dumps({"text": "x" * 5000}).encode()
+    lines = gzip.compress(b"\n".join([small, big, small]) + b"\n")
+    gz = list(rec.from_files(lambda c: rec.gzip_lines(c, max_record_bytes=1000), 1000)([_file_batch("f.jsonl.gz", lines)]))
+    rows = pa.Table.from_batches(gz).to_pylist()
+    assert [(r["record_index"], r["reason"], len(r["raw"])) for r in rows] == [(1, None, len(small)), (2, "oversize", 1001), (3, None, len(small))]
+    assert rows[1]["error"] == "record over ingest.max_record_bytes (1,000 bytes)"
+    array = json.dumps([{"text": "ok"}, {"text": "y" * 80_000}]).encode()
+    (batch,) = rec.from_files(rec.json_records, 1000)([_file_batch("a.json", array)])
+    parsed = parse_batch(_with_source(batch), "first").to_pylist()
+    assert [(p["reason"], p["text"]) for p in parsed] == [(None, "ok"), ("oversize", None)]
+    assert len(parsed[1]["raw"]) == rec.RAW_CAP and "max_record_bytes" in parsed[1]["detail"]
+    doc = gzip.compress(json.dumps([{"text": "z" * 3000}]).encode())
+    (whole,) = rec.from_files(lambda c: rec.gzip_json_records(c, max_file_bytes=2000), 1 << 20)([_file_batch("d.json.gz", doc)])
+    assert whole.to_pylist() == [{"input_file": "d.json.gz", "record_index": 0, "raw": b"", "reason": "oversize",
+                                  "error": "gzip JSON document decompressing to over ingest.max_file_bytes (2,000 bytes)"}]  # fmt: skip
+
+
+def test_a_batch_closes_before_its_raw_bytes_pass_the_batch_budget(monkeypatch):
+    """4,096 records of 1 MiB would pass Arrow's 2 GiB per column; batches close by bytes as well as count."""
+    from instructlake.udfs import records as rec
+
+    monkeypatch.setattr(rec, "BATCH_BYTES", 250)
+    rows = [(i, b"r" * 100, None, None) for i in range(7)]
+    assert [b.num_rows for b in rec.batches("f", iter(rows))] == [2, 2, 2, 1]
+    assert sum(b.num_rows for b in rec.batches("f", iter([(0, b"r" * 999, None, None), (1, b"s", None, None)]))) == 2
+
+
+def _with_source(batch: pa.RecordBatch) -> pa.RecordBatch:
+    n = batch.num_rows
+    return pa.RecordBatch.from_pydict({"source": ["s"] * n, "layout": ["auto"] * n, **batch.to_pydict()})
