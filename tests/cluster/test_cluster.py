@@ -2,12 +2,12 @@
 own JVM on 127.0.0.1, two fake GPUs per worker), submitted with deploy/spark-submit.sh as a user would:
 client mode, delta-spark from Maven through --packages, the executors' code from the wheel's zip.
 
-The tests share one cluster, one scratch dir (the tiny model is built once) and one submission of ingest
-and curate, whose tables each later run copies into a lake of its own: the clean run submits the rest of
-the pipeline, the fault runs submit generate. They check the stage-level GPU profile (engine tasks hold
-distinct GPU addresses, which become their engines' CUDA_VISIBLE_DEVICES; other stages, ingest and curate
-included, hold none, per the Spark event logs), then losing a worker and losing the driver in the middle of
-generate, and that finished runs, faults or not, give the same tables.
+The tests share one cluster, one scratch dir (the tiny model is built once) and one clean submission of the
+whole pipeline, ingest to maintain: it checks the stage-level GPU profile (engine tasks hold distinct GPU
+addresses, which become their engines' CUDA_VISIBLE_DEVICES; every other stage, ingest and curate included,
+holds none, per the Spark event log), and its curated tables are copied into a lake of its own by each fault
+run, which submits generate alone: losing a worker and losing the driver in the middle of generate. Finished
+runs, faults or not, give the same tables.
 Tables are read back with delta-rs (the `deltalake` package): no Spark in the test process.
 """
 
@@ -190,36 +190,36 @@ def input_file(shared_data) -> Path:
 CURATED_TABLES = ("prompts_raw", "prompts_rejected", "prompts")
 
 
+# The whole pipeline in one application (one driver, one pair of executors: on two cores each application
+# costs a minute of JVM and Python start-up); maintain compacts what generate committed in chunks (the other
+# tables' upkeep is the spark tier's maintain tests, on both backends).
+PIPELINE = "[ingest,curate,generate,quality,export,report,maintain]"
+
+
 @pytest.fixture(scope="module")
-def curated(cluster, scratch, input_file, tmp_path_factory) -> Submission:
-    """Ingest and curate, submitted once: every later run starts from a copy of these tables."""
-    run = Submission(cluster, tmp_path_factory.mktemp("curated"), scratch, input_file, stages="[ingest,curate]")
-    run.wait()
+def clean(cluster, scratch, input_file, tmp_path_factory) -> Submission:
+    """The clean run of the whole pipeline: every fault run starts from a copy of its curated tables."""
+    run = Submission(cluster, tmp_path_factory.mktemp("clean"), scratch, input_file, stages=PIPELINE,
+                     extra=("maintain.tables=[responses,generation_errors]",))  # fmt: skip
+    run.wall_s = run.wait()
     return run
 
 
-def lake_from(curated: Submission, root: Path) -> Path:
+def lake_from(clean: Submission, root: Path) -> Path:
     """A lake of its own under root holding the curated tables (Delta tables are self-contained dirs)."""
     for name in CURATED_TABLES:
-        shutil.copytree(curated.lake / name, root / "lake" / name)
+        shutil.copytree(clean.lake / name, root / "lake" / name)
     return root
 
 
-# ---- a clean run: the GPU profile ----------------------------------------------------------------------
-
-# After curate, the whole pipeline; maintain compacts what generate committed in chunks (the other tables'
-# upkeep is the spark tier's maintain tests, on both backends).
-AFTER_CURATE = "[generate,quality,export,report,maintain]"
+# ---- the clean run: the GPU profile --------------------------------------------------------------------
 
 
-def test_pipeline_on_the_cluster_gives_engine_tasks_distinct_gpus(cluster, scratch, input_file, curated, tmp_path, finished):
-    run = Submission(cluster, lake_from(curated, tmp_path), scratch, input_file, stages=AFTER_CURATE,
-                     extra=("maintain.tables=[responses,generation_errors]",))  # fmt: skip
-    wall_s = run.wait()
-    print(f"\ncluster pipeline run after curate: {wall_s:.1f}s wall")
+def test_pipeline_on_the_cluster_gives_engine_tasks_distinct_gpus(cluster, clean, finished):
+    run = clean
+    print(f"\ncluster pipeline run: {run.wall_s:.1f}s wall")
 
-    assert set(table(curated.lake, "runs").stage) == {"ingest", "curate"}
-    assert set(table(run.lake, "runs").stage) == {"generate", "quality", "export", "report", "maintain"}
+    assert set(table(run.lake, "runs").stage) == {"ingest", "curate", "generate", "quality", "export", "report", "maintain"}
     assert_answered_exactly_n(run.lake)
     (stats,) = generate_stats(run.lake)
     assert stats["commit"] == "staged" and stats["rows_written"] == LIMIT * N
@@ -236,14 +236,12 @@ def test_pipeline_on_the_cluster_gives_engine_tasks_distinct_gpus(cluster, scrat
     stage_profile = {s["Stage ID"]: (s["Stage Name"], s["Resource Profile Id"]) for s in stage_infos(events)}
     gpu_stages = {sid for sid, (_, rp) in stage_profile.items() if "gpu" in profiles[rp]["Task Resource Requests"]}
     assert gpu_stages, profiles
-    # Only the engine job's stage asked for GPUs; every other stage ran with the default profile, whose
-    # tasks request none: curate, quality and the rest held no GPU.
+    # Only the engine job's stage asked for GPUs; every other stage of the application (ingest, curate,
+    # quality and the rest) ran with the default profile, whose tasks request none.
     assert all("job.py" in stage_profile[sid][0] for sid in gpu_stages), stage_profile  # jobs/llm/job.py: the engine job
     assert {rp for sid, (_, rp) in stage_profile.items() if sid not in gpu_stages} == {0}
+    assert len(stage_profile) - len(gpu_stages) > 10  # ingest's and curate's stages among them
     assert "gpu" not in profiles[0]["Task Resource Requests"] and "gpu" in profiles[0]["Executor Resource Requests"]
-    # Ingest and curate (their own application) ran every stage in the default profile too.
-    (curated_events,) = curated.event_logs()
-    assert stage_infos(curated_events) and {s["Resource Profile Id"] for s in stage_infos(curated_events)} == {0}
     (gpu_rp,) = {stage_profile[sid][1] for sid in gpu_stages}
     assert profiles[gpu_rp]["Task Resource Requests"]["gpu"]["Amount"] == 1.0
     # The four engine tasks ran at the same time, so distinct addresses mean no GPU was handed out twice.
@@ -287,8 +285,8 @@ def task_spans(events: list[dict], stages: set[int]) -> list[dict]:
 # run's business, and on two cores each costs a minute.
 
 
-def test_losing_a_worker_mid_generate(cluster, scratch, input_file, curated, tmp_path, finished):
-    run = Submission(cluster, lake_from(curated, tmp_path), scratch, input_file, command="generate")
+def test_losing_a_worker_mid_generate(cluster, scratch, input_file, clean, tmp_path, finished):
+    run = Submission(cluster, lake_from(clean, tmp_path), scratch, input_file, command="generate")
     try:
         run.wait_for_staged_responses()
         cluster.kill_worker(1)  # the node goes: worker, executor, Python workers, engines
@@ -312,11 +310,11 @@ def test_losing_a_worker_mid_generate(cluster, scratch, input_file, curated, tmp
 TWO_TASKS = ("generate.tasks=2",)
 
 
-def test_losing_the_driver_mid_generate(cluster, scratch, input_file, curated, tmp_path, finished):
+def test_losing_the_driver_mid_generate(cluster, scratch, input_file, clean, tmp_path, finished):
     cluster.wait_idle()  # the restarted worker has registered and the last application is gone
     # Two engine tasks, not four: losing the driver loses every task whatever their number, and each
     # engine start costs seconds on these cores.
-    killed = Submission(cluster, lake_from(curated, tmp_path), scratch, input_file, command="generate", extra=TWO_TASKS)
+    killed = Submission(cluster, lake_from(clean, tmp_path), scratch, input_file, command="generate", extra=TWO_TASKS)
     killed.wait_for_staged_responses()
     killed.kill()
     cluster.wait_idle()  # the master dropped the application and its executors (and their engines)
@@ -353,12 +351,12 @@ def data_tables(lake: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def test_finished_runs_give_identical_tables(cluster, scratch, input_file, curated, tmp_path_factory, finished):
+def test_finished_runs_give_identical_tables(cluster, scratch, input_file, clean, tmp_path_factory, finished):
     """The clean run, the run that lost a worker and the run resumed after losing its driver give the same
     tables (any that -k left out are replaced by clean runs): seeds per request and keyed merges make the
     output independent of placement, retries and resumption."""
     while len(finished) < 3:
-        root = lake_from(curated, tmp_path_factory.mktemp("extra_run"))
+        root = lake_from(clean, tmp_path_factory.mktemp("extra_run"))
         Submission(cluster, root, scratch, input_file, command="generate").wait()
         finished[root.name] = root / "lake"
     lakes = {name: data_tables(lake) for name, lake in finished.items()}
