@@ -10,8 +10,10 @@ crash/resume, the parity run). Every other stage test's behaviour is the stage's
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,6 +37,7 @@ TIERS = {
 TIER_STATS: dict[str, dict] = defaultdict(lambda: {"tests": 0, "seconds": 0.0, "outcomes": defaultdict(int)})
 # The order the tiers run in: the fastest first, so a broken unit test fails the run within a minute.
 SCHEDULE = ("unit", "spark", "engine", "cluster")
+STARTED = pytest.StashKey[float]()
 
 
 def pytest_configure(config):
@@ -89,13 +92,41 @@ def pytest_runtest_logreport(report):
         stats["outcomes"]["error"] += 1
 
 
-def pytest_terminal_summary(terminalreporter):
-    if TIER_STATS:
-        terminalreporter.section("tiers: tests, test-seconds (summed over parallel workers)")
-        for tier in (t for t in TIERS if t in TIER_STATS):
-            s = TIER_STATS[tier]
-            outcomes = ", ".join(f"{n} {what}" for what, n in sorted(s["outcomes"].items()))
-            terminalreporter.write_line(f"{tier:8s} {s['tests']:4d} tests {s['seconds']:8.1f} s  ({outcomes})")
+def pytest_sessionstart(session):
+    session.config.stash[STARTED] = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Each tier's tests, outcomes and test-seconds, and the wall time of each pytest run. `make test` runs
+    pytest more than once (the cluster tier alone, the rest in parallel workers) and names a TEST_TIER_LOG
+    that every run adds to, so the last one prints the whole suite."""
+    if not TIER_STATS:
+        return
+    run = {
+        "tiers": {t: {"tests": s["tests"], "seconds": s["seconds"], "outcomes": dict(s["outcomes"])} for t, s in TIER_STATS.items()},
+        "wall_s": time.monotonic() - config.stash[STARTED],
+        "workers": getattr(config.option, "numprocesses", 0) or 0,
+    }
+    runs = [run]
+    if log := os.environ.get("TEST_TIER_LOG"):
+        path = Path(log)
+        runs = [*(json.loads(path.read_text()) if path.is_file() else []), run]
+        path.write_text(json.dumps(runs))
+    terminalreporter.section("tiers: tests, test-seconds (summed over parallel workers)")
+    for tier in TIERS:
+        parts = [r["tiers"][tier] for r in runs if tier in r["tiers"]]
+        if parts:
+            outcomes: dict[str, int] = defaultdict(int)
+            for part in parts:
+                for what, n in part["outcomes"].items():
+                    outcomes[what] += n
+            text = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
+            tests, seconds = sum(p["tests"] for p in parts), sum(p["seconds"] for p in parts)
+            terminalreporter.write_line(f"{tier:8s} {tests:4d} tests {seconds:8.1f} s  ({text})")
+    for r in runs:
+        terminalreporter.write_line(f"pytest run: {'+'.join(t for t in TIERS if t in r['tiers'])}, {r['workers'] or 1} worker(s), {r['wall_s']:.0f} s wall")
+    if len(runs) > 1:
+        terminalreporter.write_line(f"suite: {sum(r['wall_s'] for r in runs):.0f} s wall")
 
 
 @pytest.fixture(scope="session")
