@@ -100,7 +100,7 @@ def pytest_terminal_summary(terminalreporter, config):
     """Each tier's tests, outcomes and test-seconds, and the wall time of each pytest run. `make test` runs
     pytest more than once (the cluster tier alone, the rest in parallel workers) and names a TEST_TIER_LOG
     that every run adds to, so the last one prints the whole suite."""
-    if not TIER_STATS:
+    if not TIER_STATS or hasattr(config, "workerinput"):  # an xdist worker: its controller reports for it
         return
     run = {
         "tiers": {t: {"tests": s["tests"], "seconds": s["seconds"], "outcomes": dict(s["outcomes"])} for t, s in TIER_STATS.items()},
