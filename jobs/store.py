@@ -233,15 +233,8 @@ class TableStore(ABC):
         df = self._conform(df, name)
         compare = [c for c in df.columns if c not in BOOKKEEPING]
         existing = self.read(name)
-        # Only a stored row of one of df's keys can equal a row of df. Found by the key columns alone, so a
-        # merge of new keys (the usual staged LLM chunks) never reads or shuffles the table's full rows.
-        stored = existing.select(*keys).join(df.select(*keys), list(keys), "left_semi")
-        if stored.isEmpty():
-            delta = df.persist(StorageLevel.MEMORY_AND_DISK)
-        else:
-            rows = existing.join(stored, list(keys), "left_semi").select(*compare)
-            changed = df.select(*compare).subtract(rows).select(*keys)
-            delta = df.join(changed, list(keys), "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
+        changed = df.select(*compare).subtract(existing.select(*compare)).select(*keys)
+        delta = df.join(changed, list(keys), "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
         try:
             return self._upsert_changed(delta, existing, name, run_id=run_id, stage=stage)
         finally:
